@@ -1,0 +1,5 @@
+import sys
+
+from qcourse.bench import main
+
+sys.exit(main())

