@@ -1,0 +1,268 @@
+"""Scoring and sampling any :class:`~qcourse.lm.model.Llama` that carries a ``tokenizer``.
+
+``perplexity`` is the course's quality metric: every lesson reports what a quantizer does to it.
+It is computed the plain way, so numbers compare across methods: take the first ``tokens + 1`` tokens of
+an Austen split, cut them into non-overlapping windows of ``context`` tokens, predict every next token
+inside each window (a window's first tokens see little context, the same for every model scored), and
+return ``exp(mean negative log-likelihood)`` over exactly ``tokens`` predictions.
+
+>>> import torch
+>>> from qcourse.lm.model import Llama, LlamaConfig
+>>> from qcourse.lm.tokenizer import ByteTokenizer
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> model = Llama(LlamaConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=64))
+>>> model.tokenizer = ByteTokenizer()
+>>> ppl = perplexity(model, tokens=1000)
+>>> 200 < ppl < 320  # an untrained byte model is close to uniform over 256 bytes
+True
+>>> len(generate(model, "Emma", n=10, seed=0).encode()) >= 4
+True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from qcourse.lm import corpus
+
+__all__ = ["perplexity", "nll", "generate"]
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module (a qcourse.lm.Llama); got {type(model).__name__}")
+    if getattr(model, "tokenizer", None) is None:
+        raise ValueError(
+            "model has no tokenizer attribute; load it with qcourse.lm.load() or set model.tokenizer"
+        )
+    if not hasattr(model, "config") or not hasattr(model.config, "max_seq_len"):
+        raise TypeError("model must have a .config with max_seq_len (a qcourse.lm.Llama)")
+
+
+def _check_int(name: str, value: Any, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an int >= {minimum}; got {value!r}")
+    return value
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def nll(
+    model: nn.Module,
+    split: str | torch.Tensor = "validation",
+    tokens: int = 65536,
+    context: int | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> float:
+    """Mean negative log-likelihood in nats per token (``log`` of :func:`perplexity`); same arguments."""
+    _check_model(model)
+    _check_int("tokens", tokens, 1)
+    _check_int("batch_size", batch_size, 1)
+    max_ctx = model.config.max_seq_len
+    if context is None:
+        context = min(max_ctx, 512)
+    _check_int("context", context, 1)
+    if context > max_ctx:
+        raise ValueError(f"context={context} exceeds the model's max_seq_len={max_ctx}")
+
+    if isinstance(split, torch.Tensor):
+        if split.ndim != 1 or split.dtype not in (torch.int64, torch.int32):
+            raise ValueError(
+                f"a token tensor must be 1-D int64/int32; got {split.dtype} {tuple(split.shape)}"
+            )
+        if len(split) < tokens + 1:
+            raise ValueError(f"tokens={tokens} needs {tokens + 1} tokens; the tensor holds {len(split)}")
+        stream = split[: tokens + 1].long()
+    elif isinstance(split, str):
+        stream = corpus.token_stream(model.tokenizer, split, tokens + 1)
+    else:
+        raise TypeError(f"split must be one of {list(corpus.SPLITS)} or a 1-D token tensor; got {split!r}")
+    vocab = model.config.vocab_size
+    if int(stream.max()) >= vocab or int(stream.min()) < 0:
+        raise ValueError(
+            f"token ids must lie in [0, {vocab}) for this model; got [{int(stream.min())}, "
+            f"{int(stream.max())}] (wrong tokenizer?)"
+        )
+
+    inputs, targets = stream[:-1], stream[1:]
+    n_full = tokens // context
+    # full windows are batched; the remainder (if any) is scored as one shorter window
+    windows = [
+        (inputs[: n_full * context].view(n_full, context), targets[: n_full * context].view(n_full, context))
+    ]
+    if tokens % context:
+        windows.append((inputs[n_full * context :][None], targets[n_full * context :][None]))
+    batches = [
+        (x[i : i + batch_size], y[i : i + batch_size])
+        for x, y in windows
+        for i in range(0, len(x), batch_size)
+    ]
+
+    dev = _device(model)
+    total = torch.zeros((), dtype=torch.float64)
+    was_training = model.training
+    model.eval()
+    iterator: Any = batches
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(batches, desc="perplexity", unit="batch")
+    try:
+        with torch.inference_mode():
+            for x, y in iterator:
+                logits = model(x.to(dev)).float()
+                loss = F.cross_entropy(
+                    logits.reshape(-1, logits.shape[-1]), y.to(dev).reshape(-1), reduction="sum"
+                )
+                total += loss.double().cpu()
+    finally:
+        model.train(was_training)
+    return float(total) / tokens
+
+
+def perplexity(
+    model: nn.Module,
+    split: str | torch.Tensor = "validation",
+    tokens: int = 65536,
+    context: int | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> float:
+    """Perplexity of ``model`` on the first ``tokens`` next-token predictions of an Austen split.
+
+    Parameters
+    ----------
+    model : Llama
+        Any model with ``.tokenizer`` and ``.config.max_seq_len`` (the embedded model or SmolLM2).
+    split : {"train", "validation", "test"} or 1-D LongTensor
+        Corpus split, encoded with ``model.tokenizer``; or a token tensor of at least ``tokens + 1`` ids.
+    tokens : int
+        Number of predictions scored (the first ``tokens + 1`` tokens are read).
+    context : int, optional
+        Window length; default ``min(model.config.max_seq_len, 512)``. Windows do not overlap.
+    batch_size : int
+        Windows per forward pass (memory only; the result does not depend on it beyond float rounding).
+    progress : bool
+        Show a tqdm bar.
+
+    Returns
+    -------
+    float
+        ``exp(mean NLL)``. Bits per token (bits per byte for the byte model) is ``log2`` of it.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from qcourse.lm.model import Llama, LlamaConfig
+    >>> from qcourse.lm.tokenizer import ByteTokenizer
+    >>> m = Llama(LlamaConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=32))
+    >>> m.tokenizer = ByteTokenizer()
+    >>> a = perplexity(m, tokens=100, context=32)
+    >>> b = perplexity(m, tokens=100, context=32, batch_size=1)
+    >>> abs(a - b) < 1e-4 * a
+    True
+    """
+    return math.exp(nll(model, split, tokens, context, batch_size, progress))
+
+
+def generate(
+    model: nn.Module,
+    prompt: str,
+    n: int = 200,
+    seed: int = 0,
+    temperature: float = 0.8,
+    top_k: int | None = None,
+    greedy: bool = False,
+) -> str:
+    """The prompt followed by ``n`` sampled tokens, decoded to text.
+
+    Sampling uses its own ``torch.Generator`` seeded with ``seed`` (the global RNG is untouched), so the
+    same model, prompt and seed always give the same text, and two models (say FP32 and its 2-bit copy)
+    compared at one seed differ only because their weights differ. The context is cropped to the last
+    ``max_seq_len`` tokens.
+
+    Parameters
+    ----------
+    prompt : str
+        Non-empty text to continue.
+    n : int
+        Number of new tokens (bytes, for the embedded model).
+    seed : int
+        Sampling seed.
+    temperature : float
+        > 0; logits are divided by it (lower = more conservative). Ignored when ``greedy``.
+    top_k : int, optional
+        Sample only among the ``top_k`` most likely tokens.
+    greedy : bool
+        Always take the most likely token (deterministic regardless of seed).
+
+    Examples
+    --------
+    >>> import torch
+    >>> from qcourse.lm.model import Llama, LlamaConfig
+    >>> from qcourse.lm.tokenizer import ByteTokenizer
+    >>> m = Llama(LlamaConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=16))
+    >>> m.tokenizer = ByteTokenizer()
+    >>> generate(m, "It is a truth", n=20, seed=1) == generate(m, "It is a truth", n=20, seed=1)
+    True
+    >>> generate(m, "Hi", n=5, temperature=0)
+    Traceback (most recent call last):
+    ...
+    ValueError: temperature must be a positive number (use greedy=True for argmax); got 0
+    """
+    _check_model(model)
+    if not isinstance(prompt, str):
+        raise TypeError(f"prompt must be str; got {type(prompt).__name__}")
+    _check_int("n", n, 0)
+    _check_int("seed", seed, 0)
+    if (
+        isinstance(temperature, bool)
+        or not isinstance(temperature, int | float)
+        or not temperature > 0
+        or not math.isfinite(temperature)
+    ):
+        raise ValueError(
+            f"temperature must be a positive number (use greedy=True for argmax); got {temperature!r}"
+        )
+    vocab = model.config.vocab_size
+    if top_k is not None:
+        _check_int("top_k", top_k, 1)
+        if top_k > vocab:
+            raise ValueError(f"top_k must be <= vocab_size={vocab}; got {top_k}")
+    ids = list(model.tokenizer.encode(prompt))
+    if not ids:
+        raise ValueError("prompt must encode to at least one token; got an empty prompt")
+
+    dev = _device(model)
+    g = torch.Generator(device="cpu").manual_seed(seed)
+    max_ctx = model.config.max_seq_len
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            for _ in range(n):
+                x = torch.tensor(ids[-max_ctx:], dtype=torch.long, device=dev)[None]
+                logits = model(x)[0, -1].float().cpu()
+                if greedy:
+                    nxt = int(logits.argmax())
+                else:
+                    logits = logits / temperature
+                    if top_k is not None:
+                        kth = torch.topk(logits, top_k).values[-1]
+                        logits = logits.masked_fill(logits < kth, float("-inf"))
+                    probs = torch.softmax(logits, dim=-1)
+                    nxt = int(torch.multinomial(probs, 1, generator=g))
+                ids.append(nxt)
+    finally:
+        model.train(was_training)
+    return model.tokenizer.decode(ids)
