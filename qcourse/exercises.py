@@ -28,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
+import json
 import re
 import sys
 from collections.abc import Sequence
@@ -45,6 +47,7 @@ __all__ = [
     "strip_solutions",
     "exercise_notebook",
     "exercise_text",
+    "solution_digest",
     "solution_files",
     "build",
     "check",
@@ -77,7 +80,7 @@ class Difference:
 
     def __str__(self) -> str:
         text = {
-            "differs": "differs from what `build` writes (edited by hand, or its solution changed)",
+            "differs": "differs from what `build` writes (edited by hand, or its solution changed since)",
             "missing": "is missing (its solution exists)",
             "extra": "has no solution notebook (stale: delete it, or restore its solution)",
         }[self.reason]
@@ -212,8 +215,35 @@ def exercise_notebook(solution: nbformat.NotebookNode, solution_rel: str) -> nbf
     if nb.get("nbformat_minor", 0) < 5:
         del header["id"]  # cell ids exist from nbformat 4.5 on; keep the solution's minor version
     nb.cells = [header, *cells]
-    nb.metadata.setdefault("qcourse", {})["generated_from"] = solution_rel
+    meta = nb.metadata.setdefault("qcourse", {})
+    meta["generated_from"] = solution_rel
+    # the hash makes `check` see any edit of the solution, even one inside a region that the stub hides
+    meta["solution_sha256"] = solution_digest(solution)
     return nb
+
+
+def solution_digest(solution: nbformat.NotebookNode) -> str:
+    """SHA-256 of a solution notebook's content: cell types, sources and metadata; outputs ignored.
+
+    Running a solution and saving it leaves the digest unchanged; editing any cell (an answer included)
+    changes it, so :func:`check` reports the exercise as stale.
+
+    >>> nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x = 1", id="a")])
+    >>> d = solution_digest(nb)
+    >>> nb.cells[0].outputs = [nbformat.v4.new_output("stream", text="1")]
+    >>> solution_digest(nb) == d
+    True
+    >>> nb.cells[0].source = "x = 2"
+    >>> solution_digest(nb) == d
+    False
+    """
+    content = {
+        "metadata": {k: v for k, v in solution.metadata.items() if k != "widgets"},
+        "cells": [{k: v for k, v in c.items() if k not in ("outputs", "execution_count")}
+                  for c in solution.cells],
+    }
+    blob = json.dumps(content, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
 
 
 def exercise_text(solution_path: Path, root: Path) -> str:
