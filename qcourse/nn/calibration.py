@@ -1,0 +1,311 @@
+"""Selecting linear layers by name, validating calibration data, and collecting ``H = E[x xᵀ]`` with hooks.
+
+Calibration-aware methods (GPTQ, AQLM, QuIP#) minimise the layer-wise proxy loss
+``E_x ‖(W − Ŵ) x‖² = tr((W − Ŵ) H (W − Ŵ)ᵀ)`` with ``H = E[x xᵀ]`` over the inputs ``x`` a layer sees on
+calibration data. :func:`collect_hessians` runs the model on calibration data with forward hooks on the
+selected ``nn.Linear`` layers and returns ``H`` per layer, accumulated in float64.
+
+>>> import torch
+>>> from torch import nn
+>>> model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+>>> sorted(linear_layers(model))
+['0', '2']
+>>> x = torch.randn(16, 4)
+>>> H = collect_hessians(model, x)
+>>> torch.allclose(H["0"], x.double().T @ x.double() / 16)
+True
+"""
+
+from __future__ import annotations
+
+import fnmatch
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+__all__ = ["check_calibration", "collect_hessians", "hessian_hooks", "linear_layers", "vocab_size"]
+
+Patterns = str | Iterable[str] | None
+
+
+def _patterns(patterns: Patterns, argname: str) -> tuple[str, ...] | None:
+    if patterns is None:
+        return None
+    if isinstance(patterns, str):
+        return (patterns,)
+    try:
+        out = tuple(patterns)
+    except TypeError:
+        raise TypeError(
+            f"{argname} must be None, a glob string or a sequence of them; got {patterns!r}"
+        ) from None
+    for p in out:
+        if not isinstance(p, str) or not p:
+            raise TypeError(f"{argname} must hold non-empty glob strings (e.g. 'layers.*'); got {p!r}")
+    return out
+
+
+def _matches(name: str, pattern: str) -> bool:
+    """A pattern selects a module if it matches its name or the name of a module that contains it."""
+    parts = name.split(".")
+    return any(fnmatch.fnmatchcase(".".join(parts[:k]), pattern) for k in range(len(parts), 0, -1))
+
+
+def linear_layers(
+    model: nn.Module, include: Patterns = None, exclude: Patterns = None
+) -> dict[str, nn.Linear]:
+    """The ``nn.Linear`` modules of ``model`` selected by name, in module order.
+
+    Parameters
+    ----------
+    model
+        Any PyTorch module.
+    include, exclude
+        ``fnmatch`` globs over module names (``"layers.*"``, ``"*.mlp.*"``, ``"lm_head"``). A pattern
+        selects a linear layer when it matches the layer's name or the name of a module containing it, so
+        ``"layers.0"`` selects every linear of block 0. ``include=None`` means all linear layers. Every
+        include pattern must select at least one linear layer (a typo should not silently quantize nothing);
+        exclude patterns may match nothing.
+
+    Examples
+    --------
+    >>> from torch import nn
+    >>> model = nn.Sequential(nn.Linear(4, 4), nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2)))
+    >>> list(linear_layers(model, include="1"))
+    ['1.0', '1.1']
+    >>> list(linear_layers(model, exclude=["1.*"]))
+    ['0']
+    >>> linear_layers(model, include="blocks.*")
+    Traceback (most recent call last):
+    ...
+    ValueError: include pattern 'blocks.*' matches no nn.Linear in the model; linear layers are: [...]
+    """
+    inc = _patterns(include, "include")
+    exc = _patterns(exclude, "exclude")
+    every = {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    if inc is not None:
+        for p in inc:
+            if not any(_matches(name, p) for name in every):
+                names = list(every)
+                shown = names if len(names) <= 12 else names[:12] + ["..."]
+                raise ValueError(
+                    f"include pattern {p!r} matches no nn.Linear in the model; linear layers are: {shown}"
+                )
+    chosen = {
+        name: m
+        for name, m in every.items()
+        if (inc is None or any(_matches(name, p) for p in inc))
+        and not (exc and any(_matches(name, p) for p in exc))
+    }
+    if not chosen:
+        raise ValueError(
+            f"include={include!r} and exclude={exclude!r} leave no nn.Linear to quantize; "
+            f"linear layers are: {list(every)[:12]}"
+        )
+    return chosen
+
+
+def vocab_size(model: nn.Module) -> int | None:
+    """Vocabulary size if ``model`` takes token ids: ``config.vocab_size``, else its first ``nn.Embedding``.
+
+    ``None`` means the model takes float inputs (an MLP, a CNN).
+    """
+    cfg = getattr(model, "config", None)
+    v = getattr(cfg, "vocab_size", None)
+    if isinstance(v, int):
+        return v
+    for m in model.modules():
+        if isinstance(m, nn.Embedding):
+            return m.num_embeddings
+    return None
+
+
+def check_calibration(model: nn.Module, data: torch.Tensor) -> torch.Tensor:
+    """Validate calibration data for ``model`` and return it (token ids as ``torch.long``).
+
+    Language models (those with a vocabulary, see :func:`vocab_size`) need token ids: an integer tensor
+    ``[n_sequences, seq_len]`` with ids in ``[0, vocab_size)`` and ``seq_len <= model.config.max_seq_len``
+    when the model has one. Other models need a finite floating-point tensor batched along dimension 0.
+
+    >>> import torch
+    >>> from qcourse.lm.model import Llama, LlamaConfig
+    >>> model = Llama(LlamaConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=16))
+    >>> check_calibration(model, torch.zeros(2, 8, dtype=torch.long)).shape
+    torch.Size([2, 8])
+    >>> check_calibration(model, torch.zeros(2, 8))
+    Traceback (most recent call last):
+    ...
+    TypeError: calib must hold integer token ids (torch.long) for a language model; got dtype torch.float32
+    >>> check_calibration(model, torch.full((1, 8), 300))
+    Traceback (most recent call last):
+    ...
+    ValueError: calib token ids must lie in [0, 256) (the model's vocabulary); got values in [300, 300]
+    """
+    if not isinstance(data, torch.Tensor):
+        raise TypeError(f"calib must be a torch.Tensor; got {type(data).__name__}")
+    if data.numel() == 0 or data.ndim == 0 or data.shape[0] == 0:
+        raise ValueError(f"calib must not be empty; got shape {tuple(data.shape)}")
+    vocab = vocab_size(model)
+    if vocab is None:
+        if not data.is_floating_point():
+            raise TypeError(
+                "calib for a model without a vocabulary must be a floating-point input batch; "
+                f"got dtype {data.dtype}"
+            )
+        if data.ndim < 2:
+            raise ValueError(
+                f"calib must be batched along dimension 0 ([n, ...features]); got shape {tuple(data.shape)}"
+            )
+        if not torch.isfinite(data).all():
+            raise ValueError("calib contains NaN or Inf")
+        return data
+    if data.is_floating_point() or data.is_complex() or data.dtype == torch.bool:
+        raise TypeError(
+            f"calib must hold integer token ids (torch.long) for a language model; got dtype {data.dtype}"
+        )
+    if data.ndim != 2:
+        raise ValueError(
+            f"calib must be token ids shaped [n_sequences, seq_len]; got shape {tuple(data.shape)}"
+        )
+    lo, hi = int(data.min()), int(data.max())
+    if lo < 0 or hi >= vocab:
+        raise ValueError(
+            f"calib token ids must lie in [0, {vocab}) (the model's vocabulary); got values in [{lo}, {hi}]"
+        )
+    max_len = getattr(getattr(model, "config", None), "max_seq_len", None)
+    if isinstance(max_len, int) and data.shape[1] > max_len:
+        raise ValueError(f"calib sequences have length {data.shape[1]}; the model's max_seq_len is {max_len}")
+    return data.long()
+
+
+class _Accumulator:
+    """Running ``Σ x xᵀ`` and row count for one layer, in float64."""
+
+    def __init__(self, n: int, device: torch.device) -> None:
+        self.sum = torch.zeros(n, n, dtype=torch.float64, device=device)
+        self.count = 0
+
+    def add(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+        self.sum.addmm_(x.T, x)
+        self.count += x.shape[0]
+
+    def mean(self) -> torch.Tensor:
+        return self.sum / self.count
+
+
+@contextmanager
+def hessian_hooks(layers: dict[str, nn.Linear]) -> Iterator[dict[str, _Accumulator]]:
+    """Context manager: while active, every call of a layer in ``layers`` adds its inputs to ``Σ x xᵀ``.
+
+    Yields ``{name: accumulator}``; ``accumulator.mean()`` is ``H = E[x xᵀ]`` and ``accumulator.count`` the
+    number of input rows (tokens) seen. The hooks are removed on exit, even after an error.
+    """
+    accs = {name: _Accumulator(m.in_features, m.weight.device) for name, m in layers.items()}
+    handles = []
+
+    def make_hook(acc: _Accumulator):
+        def hook(module: nn.Module, args: tuple) -> None:
+            acc.add(args[0])
+
+        return hook
+
+    try:
+        for name, m in layers.items():
+            handles.append(m.register_forward_pre_hook(make_hook(accs[name])))
+        yield accs
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _batches(data: torch.Tensor, batch_size: int) -> Iterator[torch.Tensor]:
+    for i in range(0, data.shape[0], batch_size):
+        yield data[i : i + batch_size]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
+
+
+def finish(accs: dict[str, _Accumulator]) -> dict[str, torch.Tensor]:
+    """``{name: H}`` from accumulators; a layer that saw no input is an error naming it."""
+    missing = [name for name, a in accs.items() if a.count == 0]
+    if missing:
+        raise ValueError(
+            f"layers {missing} were never called during the calibration forward pass "
+            "(their weight may be used directly, as nn.MultiheadAttention does with out_proj); exclude them"
+        )
+    return {name: a.mean() for name, a in accs.items()}
+
+
+def _device(model: nn.Module) -> torch.device:
+    p = next(model.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def collect_hessians(
+    model: nn.Module,
+    tokens: torch.Tensor,
+    include: Patterns = None,
+    exclude: Patterns = None,
+    batch_size: int = 8,
+    progress: bool = False,
+) -> dict[str, torch.Tensor]:
+    """``H = E[x xᵀ]`` of the inputs of each selected ``nn.Linear``, over all calibration tokens, in float64.
+
+    Parameters
+    ----------
+    model
+        Any PyTorch module. It is run in ``eval`` mode without gradients (its mode is restored after).
+    tokens
+        Calibration data, validated by :func:`check_calibration`: token ids ``[n_sequences, seq_len]`` for a
+        language model, a float input batch ``[n, ...]`` for other models.
+    include, exclude
+        Name globs choosing the layers, as in :func:`linear_layers`.
+    batch_size
+        Sequences per forward pass (memory, not the result, depends on it).
+    progress
+        Show a progress bar over batches.
+
+    Returns
+    -------
+    dict[str, torch.Tensor]
+        ``{layer name: H}``, each ``[in_features, in_features]`` float64: the *mean* ``(1/N) Σ x xᵀ`` over the
+        ``N`` input rows the layer saw (every token of every sequence; inputs are flattened over batch and
+        sequence). The GPTQ reference accumulates ``(2/N) Σ x xᵀ`` (the gradient of the squared error); a
+        constant factor changes neither GPTQ's updates (it cancels between ``H⁻¹`` and the diagonal) nor its
+        relative damping, so the results are identical.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from qcourse.lm.model import Llama, LlamaConfig
+    >>> torch.manual_seed(0)
+    <torch._C.Generator object at ...>
+    >>> model = Llama(LlamaConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2, d_ff=32, max_seq_len=8))
+    >>> H = collect_hessians(model, torch.randint(0, 64, (4, 8)), include="layers.0.mlp")
+    >>> sorted(H), tuple(H["layers.0.mlp.down_proj"].shape), H["layers.0.mlp.up_proj"].dtype
+    (['layers.0.mlp.down_proj', 'layers.0.mlp.gate_proj', 'layers.0.mlp.up_proj'], (32, 32), torch.float64)
+    """
+    layers = linear_layers(model, include, exclude)
+    data = check_calibration(model, tokens)
+    _check_batch_size(batch_size)
+    was_training = model.training
+    model.eval()
+    device = _device(model)
+    batches = list(_batches(data, batch_size))
+    try:
+        with torch.no_grad(), hessian_hooks(layers) as accs:
+            if progress:
+                from tqdm.auto import tqdm
+
+                batches = tqdm(batches, desc="calibration", unit="batch")
+            for b in batches:
+                model(b.to(device))
+    finally:
+        model.train(was_training)
+    return finish(accs)
