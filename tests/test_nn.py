@@ -130,7 +130,13 @@ def mlp(seed: int = 0) -> MLP:
 def llama(seed: int = 0, tie: bool = False, n_layers: int = 2) -> Llama:
     torch.manual_seed(seed)
     cfg = LlamaConfig(
-        vocab_size=64, d_model=32, n_layers=n_layers, n_heads=4, n_kv_heads=2, d_ff=64, max_seq_len=16,
+        vocab_size=64,
+        d_model=32,
+        n_layers=n_layers,
+        n_heads=4,
+        n_kv_heads=2,
+        d_ff=64,
+        max_seq_len=16,
         tie_embeddings=tie,
     )
     model = Llama(cfg)
@@ -210,7 +216,9 @@ def test_linear_layers_globs_and_prefixes():
     every = linear_layers(model)
     assert len(every) == 2 * 7 + 1
     assert list(linear_layers(model, include="layers.1.mlp")) == [
-        "layers.1.mlp.gate_proj", "layers.1.mlp.up_proj", "layers.1.mlp.down_proj",
+        "layers.1.mlp.gate_proj",
+        "layers.1.mlp.up_proj",
+        "layers.1.mlp.down_proj",
     ]
     assert set(linear_layers(model, include="*.self_attn.*", exclude=("*.o_proj",))) == {
         f"layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qkv"
@@ -444,8 +452,9 @@ def test_include_matching_nothing_and_bad_flags():
     with pytest.raises(ValueError, match="include pattern 'mlp' matches no nn.Linear"):
         quantize_model(llama(), toy(), bits=4, group_size=16, include="mlp", progress=False)
     with pytest.raises(ValueError, match="sequential=True needs a qcourse Llama model"):
-        quantize_model(mlp(), spy(), bits=4, group_size=16, calib=torch.randn(2, 32), sequential=True,
-                       progress=False)
+        quantize_model(
+            mlp(), spy(), bits=4, group_size=16, calib=torch.randn(2, 32), sequential=True, progress=False
+        )
     with pytest.raises(TypeError, match="inplace must be True or False"):
         quantize_model(mlp(), toy(), bits=4, group_size=16, inplace="yes", progress=False)
     with pytest.raises(TypeError, match="model must be a torch.nn.Module"):

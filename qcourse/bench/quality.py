@@ -1,0 +1,228 @@
+"""Quality benchmark: perplexity of a language model quantized by each method at each bit width.
+
+``python -m qcourse.bench quality --methods rtn,hqq,gptq --bits 2,3,4 --group-size 64`` loads the model
+(``--model austen``, the embedded model, or ``smollm2-135m``), scores it in full precision, then for every
+method × bits quantizes its block linears (``lm_head`` stays in float, as in the course's tables) with
+:func:`qcourse.nn.quantize_model` and scores the copy on the same tokens. Calibration-aware methods get
+``--calib-sequences`` random windows of ``--calib-seq-len`` tokens from the *train* split; evaluation uses
+``--split`` (validation by default), so calibration never sees the evaluation text. Everything is seeded.
+
+It prints one JSON object::
+
+    {"model": ..., "split": ..., "tokens": ..., "fp_ppl": ...,
+     "rows": [{"method": ..., "bits": ..., "group_size": ..., "bits_per_weight": ..., "ppl": ...,
+               "quantize_seconds": ...}, ...], ...}
+
+plus context fields (calibration settings, seed, torch version and threads, machine) and, per row, the
+perplexity ratio to full precision, the size-weighted relative weight error and the evaluation time.
+Times are measured, never asserted: a slow machine gives slower numbers, not a failure.
+
+>>> args = parse_args(["--methods", "rtn", "--bits", "2,4", "--group-size", "none"])
+>>> args.methods, args.bits, args.group_size, args.tokens
+(['rtn'], [2, 4], None, 65536)
+>>> parse_args(["--bits", "4,x"])
+Traceback (most recent call last):
+...
+ValueError: argument --bits: bits must be numbers separated by commas, e.g. 2,3,4; got '4,x'
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+import qcourse
+
+#: per-model defaults: evaluation tokens, calibration sequences and their length
+DEFAULTS = {
+    "austen": {"tokens": 65536, "calib_sequences": 128, "calib_seq_len": 256},
+    "smollm2-135m": {"tokens": 8192, "calib_sequences": 32, "calib_seq_len": 512},
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser that raises ``ValueError`` (a library call must not ``sys.exit``)."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise ValueError(message)
+
+
+def _bits_list(text: str) -> list[int | float]:
+    out: list[int | float] = []
+    for part in text.split(","):
+        try:
+            v = float(part)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"bits must be numbers separated by commas, e.g. 2,3,4; got {text!r}"
+            ) from None
+        if not v > 0:
+            raise argparse.ArgumentTypeError(f"bits must be positive; got {text!r}")
+        out.append(int(v) if v.is_integer() else v)
+    return out
+
+
+def _group_size(text: str) -> int | None:
+    if text.lower() in {"none", "per-channel", "row"}:
+        return None
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"group size must be a positive integer or 'none'; got {text!r}")
+    return int(text)
+
+
+def _names(text: str) -> list[str]:
+    names = [s.strip() for s in text.split(",") if s.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one method name, e.g. rtn,hqq,gptq")
+    return names
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
+    return int(text)
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse and validate the options (model-dependent defaults filled in); ``ValueError`` on bad input."""
+    p = _Parser(prog="python -m qcourse.bench quality", description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", default="austen", choices=sorted(DEFAULTS), help="model to quantize")
+    p.add_argument("--methods", type=_names, default=["rtn"], help="comma-separated method names")
+    p.add_argument("--bits", type=_bits_list, default=[2, 3, 4, 8], help="comma-separated bit widths")
+    p.add_argument("--group-size", type=_group_size, default=64, help="group size, or 'none' for per-channel")
+    p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
+    p.add_argument(
+        "--tokens", type=_positive, default=None, help="evaluation tokens (model-dependent default)"
+    )
+    p.add_argument(
+        "--calib-sequences", type=_positive, default=None, help="calibration sequences (train split)"
+    )
+    p.add_argument("--calib-seq-len", type=_positive, default=None, help="calibration sequence length")
+    p.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and the methods")
+    p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
+    args = p.parse_args(list(argv))
+    for key, value in DEFAULTS[args.model].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.seed < 0:
+        raise ValueError(f"--seed must be a non-negative integer; got {args.seed}")
+    return args
+
+
+def _check_combinations(args: argparse.Namespace) -> list[Any]:
+    """Resolve every method and refuse unsupported bit widths before any slow work starts."""
+    from qcourse import methods
+
+    resolved = [methods.get(name) for name in args.methods]
+    for m in resolved:
+        bad = [b for b in args.bits if b not in m.supported_bits]
+        if bad:
+            raise ValueError(
+                f"--bits {bad} not supported by method {m.name!r}; it supports {list(m.supported_bits)}"
+            )
+    return resolved
+
+
+def _machine() -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    return {
+        "machine": platform.machine(),
+        "cpu": cpu,
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "qcourse": qcourse.__version__,
+    }
+
+
+def main(argv: Sequence[str]) -> dict[str, Any]:
+    """Run the benchmark described by ``argv`` and return the JSON-ready result."""
+    from qcourse import lm
+    from qcourse.lm import corpus
+    from qcourse.nn import quantize_model
+    from qcourse.notebook import seed_everything
+
+    args = parse_args(argv)
+    resolved = _check_combinations(args)
+    seed_everything(args.seed)
+    started = time.perf_counter()
+
+    t0 = time.perf_counter()
+    model = lm.load(args.model)
+    load_seconds = time.perf_counter() - t0
+    model.eval()
+
+    def score(m: torch.nn.Module) -> tuple[float, float]:
+        t = time.perf_counter()
+        ppl = lm.perplexity(m, split=args.split, tokens=args.tokens, progress=args.progress)
+        return float(ppl), time.perf_counter() - t
+
+    fp_ppl, fp_seconds = score(model)
+    calib = None
+    if any(m.needs_hessian for m in resolved):
+        calib = corpus.calibration_tokens(
+            model.tokenizer, args.calib_sequences, args.calib_seq_len, seed=args.seed
+        )
+
+    rows = []
+    for m in resolved:
+        for bits in args.bits:
+            qmodel, report = quantize_model(
+                model,
+                m,
+                bits=bits,
+                group_size=args.group_size,
+                calib=calib if m.needs_hessian else None,
+                seed=args.seed,
+                progress=args.progress,
+            )
+            ppl, eval_seconds = score(qmodel)
+            rows.append(
+                {
+                    "method": m.name,
+                    "bits": bits,
+                    "group_size": args.group_size,
+                    "bits_per_weight": report.bits_per_weight,
+                    "ppl": ppl,
+                    "ppl_ratio": ppl / fp_ppl,
+                    "rel_error": report.rel_error,
+                    "layers": len(report),
+                    "quantize_seconds": report.seconds,
+                    "eval_seconds": eval_seconds,
+                }
+            )
+            del qmodel
+
+    return {
+        "benchmark": "quality",
+        "model": args.model,
+        "split": args.split,
+        "tokens": args.tokens,
+        "fp_ppl": fp_ppl,
+        "rows": rows,
+        "group_size": args.group_size,
+        "quantized": "every nn.Linear except lm_head",
+        "calibration": (
+            None
+            if calib is None
+            else {"split": "train", "sequences": args.calib_sequences, "seq_len": args.calib_seq_len}
+        ),
+        "seed": args.seed,
+        "load_seconds": load_seconds,
+        "fp_eval_seconds": fp_seconds,
+        "total_seconds": time.perf_counter() - started,
+        **_machine(),
+    }
