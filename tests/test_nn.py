@@ -529,3 +529,53 @@ def test_tokenizer_is_shared_not_copied():
     model.tokenizer = object()
     qmodel, _ = quantize_model(model, toy(), bits=4, group_size=16, progress=False)
     assert qmodel.tokenizer is model.tokenizer
+
+
+def test_shared_input_product_is_reused_only_while_the_input_is_unchanged():
+    class Shared(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b, self.c = nn.Linear(8, 4), nn.Linear(8, 4), nn.Linear(8, 4)
+
+        def forward(self, x):
+            x = x.clone()
+            y = self.a(x) + self.b(x)  # same tensor twice: one Gram product serves both
+            x.mul_(2)  # modified in place: c must see the new values
+            return y + self.c(x)
+
+    x = torch.randn(5, 3, 8)
+    H = collect_hessians(Shared(), x, batch_size=2)
+    flat = x.reshape(-1, 8).double()
+    expected = flat.T @ flat / 15
+    torch.testing.assert_close(H["a"], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(H["b"], expected, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(H["c"], 4 * expected, rtol=1e-12, atol=1e-12)
+
+
+# --------------------------------------------------------------------------------------------------------
+# with the package's own round-to-nearest
+
+
+def test_package_rtn_on_an_mlp_with_biases():
+    rtn = qcourse.methods.get("rtn")
+    model = mlp()
+    qmodel, report = quantize_model(model, "rtn", bits=4, group_size=16, exclude=None, progress=False)
+    for name in ("fc1", "fc2", "head"):
+        lin = getattr(model, name)
+        expected = rtn.quantize(lin.weight.detach(), bits=4, group_size=16).dequantize()
+        torch.testing.assert_close(getattr(qmodel, name).weight, expected, rtol=0, atol=0)
+    # asymmetric 4-bit, group 16: codes + fp16 scale + 4-bit zero per group
+    assert report.bits_per_weight == pytest.approx(4 + 16 / 16 + 4 / 16)
+    x = torch.randn(16, 32)
+    rel = (qmodel(x) - model(x)).pow(2).sum() / model(x).pow(2).sum()
+    assert 0 < rel < 0.01
+
+
+def test_package_rtn_on_llama_degrades_with_fewer_bits():
+    model, toks = llama(), tokens()
+    errors = {}
+    for bits in (2, 3, 4, 8):
+        _, report = quantize_model(model, "rtn", bits=bits, group_size=16, calib=toks, progress=False)
+        assert report.sequential and all(r.proxy_loss is not None for r in report.layers)
+        errors[bits] = report.rel_error
+    assert errors[2] > errors[3] > errors[4] > errors[8] > 0

@@ -188,12 +188,20 @@ class _Accumulator:
         self.count = 0
 
     def add(self, x: torch.Tensor) -> None:
-        x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
-        self.sum.addmm_(x.T, x)
-        self.count += x.shape[0]
+        self.add_product(*_gram(x))
+
+    def add_product(self, xtx: torch.Tensor, rows: int) -> None:
+        self.sum += xtx
+        self.count += rows
 
     def mean(self) -> torch.Tensor:
         return self.sum / self.count
+
+
+def _gram(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """``(xᵀx, rows)`` of ``x`` flattened to ``[rows, features]``, computed in float64."""
+    x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
+    return x.T @ x, x.shape[0]
 
 
 @contextmanager
@@ -202,13 +210,21 @@ def hessian_hooks(layers: dict[str, nn.Linear]) -> Iterator[dict[str, _Accumulat
 
     Yields ``{name: accumulator}``; ``accumulator.mean()`` is ``H = E[x xᵀ]`` and ``accumulator.count`` the
     number of input rows (tokens) seen. The hooks are removed on exit, even after an error.
+
+    Layers fed the very same input tensor one after another (``q/k/v_proj``, ``gate/up_proj`` in a LLaMA
+    block) share one ``xᵀx`` product: the float64 Gram matrix is the dominant cost of calibration.
     """
     accs = {name: _Accumulator(m.in_features, m.weight.device) for name, m in layers.items()}
     handles = []
+    # last input seen and its product; holding the tensor keeps its identity from being reused
+    last: dict[str, object] = {"x": None, "version": -1, "product": None}
 
     def make_hook(acc: _Accumulator):
         def hook(module: nn.Module, args: tuple) -> None:
-            acc.add(args[0])
+            x = args[0]
+            if last["x"] is not x or last["version"] != x._version:
+                last.update(x=x, version=x._version, product=_gram(x))
+            acc.add_product(*last["product"])  # type: ignore[misc]
 
         return hook
 
@@ -217,6 +233,7 @@ def hessian_hooks(layers: dict[str, nn.Linear]) -> Iterator[dict[str, _Accumulat
             handles.append(m.register_forward_pre_hook(make_hook(accs[name])))
         yield accs
     finally:
+        last.clear()
         for h in handles:
             h.remove()
 
