@@ -430,6 +430,11 @@ class GGUFTokenizer:
 # model
 
 
+def _f32(v: Any) -> float:
+    # GGUF stores these as float32: take the shortest decimal that rounds to it (1e-05, not 9.99999974e-06)
+    return float(str(np.float32(v)))
+
+
 def gguf_config(reader: Any, max_seq_len: int | None = None) -> LlamaConfig:
     """:class:`LlamaConfig` from a LLaMA GGUF's ``llama.*`` metadata.
 
@@ -479,8 +484,8 @@ def gguf_config(reader: Any, max_seq_len: int | None = None) -> LlamaConfig:
         n_kv_heads=n_kv,
         d_ff=int(need("feed_forward_length")),
         max_seq_len=max_seq_len,
-        rope_theta=float(_field(reader, "llama.rope.freq_base", 10000.0)),
-        norm_eps=float(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
+        rope_theta=_f32(_field(reader, "llama.rope.freq_base", 10000.0)),
+        norm_eps=_f32(_field(reader, "llama.attention.layer_norm_rms_epsilon", 1e-5)),
         tie_embeddings=not has_output,
     )
 
