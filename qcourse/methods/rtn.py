@@ -246,9 +246,16 @@ class AffineQuantizedWeight(QuantizedWeight):
     ----------
     codes
         Integer codes shaped like the weight.
+    bits
+        Code width (1–8).
+    group_size, axis
+        The grouping (:mod:`qcourse.grouping`).
     scale, zero
         One value per group, in :func:`qcourse.grouping.to_groups` order.
     """
+
+    #: per-iterate error of the solver that produced this weight (HQQ), empty for RTN
+    history: list[float]
 
     def __init__(self, codes: torch.Tensor, bits: int, group_size: grouping.GroupSize, axis: int,
                  scale: torch.Tensor, zero: torch.Tensor | None) -> None:
@@ -262,6 +269,7 @@ class AffineQuantizedWeight(QuantizedWeight):
         if zero is not None and zero.dtype not in (torch.uint8, torch.float16):
             raise TypeError(f"zero must be uint8 (integer zero) or float16 (float zero); got {zero.dtype}")
         self.zero = None if zero is None else zero.reshape(ng)
+        self.history = []
 
     @property
     def zero_bits(self) -> int:
