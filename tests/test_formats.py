@@ -458,3 +458,60 @@ def test_precision_table() -> None:
         F.precision_table(70e9, headroom=1.0)
     with pytest.raises(ValueError, match="unknown"):
         F.precision_table(70e9, formats=["FP64"])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the lesson's figures and widget (thin wrappers over the functions above)
+# ---------------------------------------------------------------------------------------------------------
+
+def test_viz_figures_draw() -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from qcourse import viz
+
+    w = torch.randn(16, 64, generator=torch.Generator().manual_seed(5))
+    figs = [viz.plot_bit_layouts(), viz.plot_block_layouts(), viz.plot_value_grids(),
+            viz.plot_relative_error(F.magnitude_sweep(1e-6, 1e4, 200), ["bf16", "fp8_e4m3", "int8"],
+                                    {"int8": 1e4 / 127})]
+    for fmt in F.FORMAT_NAMES:
+        figs.append(viz.plot_grid_over_histogram(w, fmt, "block32", rel_mse=0.1))
+    assert all(len(f.axes) >= 1 for f in figs)
+    for f in figs:
+        plt.close(f)
+
+
+def test_grid_for_display_matches_quantize_per_tensor() -> None:
+    from qcourse import viz
+
+    w = torch.randn(8, 32, generator=torch.Generator().manual_seed(6))
+    for fmt in ("fp8_e4m3", "fp4_e2m1", "int4", "int8", "ternary", "binary", "int4_asym"):
+        grid, caption = viz.grid_for_display(w, fmt, "tensor")
+        q = F.quantize(w, fmt, "tensor")
+        # every dequantized value lies on the drawn grid
+        assert torch.isclose(q.flatten()[:, None], grid[None, :], rtol=1e-5, atol=1e-7).any(dim=1).all(), fmt
+        assert "per-tensor" in caption
+    grid, caption = viz.grid_for_display(w, "mxfp4", "tensor")
+    assert "block of 32" in caption
+
+
+def test_format_readout_and_widget() -> None:
+    pytest.importorskip("ipywidgets")
+    from qcourse import widgets as W
+
+    w = torch.randn(8, 64, generator=torch.Generator().manual_seed(7))
+    r = W.format_readout(w, "mxfp4", "channel")
+    assert r["granularity"] == "block32" and "fixes its own granularity" in r["note"]
+    assert r["rel_mse"] == F.relative_mse(w, F.quantize(w, "mxfp4")) and r["bits_per_weight"] == 4.25
+    r = W.format_readout(w, "int4_asym", "block16")
+    assert r["bits_per_weight"] == 4 + 32 / 16 and "relative MSE" in r["html"]
+    assert W.format_readout(w, "bf16", "tensor")["bits_per_weight"] == 16
+    box = W.format_explorer(w)
+    fmt_dd, gran_dd = box.children[0].children
+    readout = box.children[1]
+    assert fmt_dd.description == "format" and gran_dd.description == "granularity"
+    before = readout.value
+    fmt_dd.value = "int4"
+    assert readout.value != before and "relative MSE" in readout.value
