@@ -579,3 +579,36 @@ def test_package_rtn_on_llama_degrades_with_fewer_bits():
         assert report.sequential and all(r.proxy_loss is not None for r in report.layers)
         errors[bits] = report.rel_error
     assert errors[2] > errors[3] > errors[4] > errors[8] > 0
+
+
+def test_true_sequential_calibrates_each_stage_on_quantized_earlier_stages():
+    model, toks = llama(n_layers=1), tokens()
+    s, plain = spy(), spy()
+    _, report = quantize_model(
+        model, s, bits=2, group_size=16, calib=toks, true_sequential=True, progress=False
+    )
+    quantize_model(model, plain, bits=2, group_size=16, calib=toks, progress=False)
+    names = [r.name for r in report.layers]
+    assert report.options == {"true_sequential": True}
+    seen, seen_plain = dict(zip(names, s.seen, strict=True)), dict(zip(names, plain.seen, strict=True))
+    float_h = collect_hessians(model, toks)
+    # o_proj sees the outputs of quantized q/k/v; down_proj those of quantized q/k/v/o/gate/up
+    qkv, _ = quantize_model(
+        model, toy(), bits=2, group_size=16, include="layers.0.self_attn.[qkv]_proj", progress=False
+    )
+    expected_o = collect_hessians(qkv, toks, include="layers.0.self_attn.o_proj")
+    torch.testing.assert_close(
+        seen["layers.0.self_attn.o_proj"], expected_o["layers.0.self_attn.o_proj"], rtol=1e-6, atol=1e-9
+    )
+    rest, _ = quantize_model(
+        model, toy(), bits=2, group_size=16, exclude=("lm_head", "*.down_proj"), progress=False
+    )
+    expected_d = collect_hessians(rest, toks, include="*.down_proj")
+    torch.testing.assert_close(
+        seen["layers.0.mlp.down_proj"], expected_d["layers.0.mlp.down_proj"], rtol=1e-6, atol=1e-9
+    )
+    # without it, every layer of the (first) block is calibrated on the float block
+    for name in names:
+        torch.testing.assert_close(seen_plain[name], float_h[name], rtol=1e-6, atol=1e-9)
+    with pytest.raises(ValueError, match="true_sequential=True needs sequential calibration"):
+        quantize_model(model, toy(), bits=2, group_size=16, true_sequential=True, progress=False)

@@ -203,16 +203,18 @@ def _replace(model: nn.Module, old: nn.Module, new: nn.Module) -> None:
 def _errors(
     w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor | None
 ) -> tuple[float, float | None, float]:
-    w = w.detach().double()
-    d = w - w_hat.detach().to(device=w.device, dtype=torch.float64)
-    wsq = float(w.pow(2).sum())
-    dsq = float(d.pow(2).sum())
+    """``(‖ΔW‖²/‖W‖², tr(ΔW H ΔWᵀ)/tr(W H Wᵀ) or None, ‖W‖²)``; sums of squares accumulated in float64."""
+    w = w.detach().float()
+    d = w - w_hat.detach().to(device=w.device, dtype=torch.float32)
+    wsq = float(torch.linalg.vector_norm(w, dtype=torch.float64)) ** 2
+    dsq = float(torch.linalg.vector_norm(d, dtype=torch.float64)) ** 2
     rel = dsq / wsq if wsq > 0 else (0.0 if dsq == 0 else math.inf)
     proxy = None
     if hessian is not None:
         h = hessian.to(device=w.device, dtype=torch.float64)
-        den = float(((w @ h) * w).sum())
-        num = float(((d @ h) * d).sum())
+        w64, d64 = w.double(), d.double()
+        den = float(((w64 @ h) * w64).sum())
+        num = float(((d64 @ h) * d64).sum())
         proxy = num / den if den > 0 else math.nan
     return rel, proxy, wsq
 
@@ -229,6 +231,7 @@ def quantize_model(
     seed: int = 0,
     progress: bool = True,
     sequential: bool | None = None,
+    true_sequential: bool = False,
     batch_size: int = 8,
     cache: bool = True,
     **method_options: Any,
@@ -265,6 +268,11 @@ def quantize_model(
         ``None`` (default): block-by-block calibration on :class:`~qcourse.lm.model.Llama` models, one full
         pass on others. ``True`` forces sequential (Llama models only), ``False`` collects every ``H`` in one
         pass of the float model.
+    true_sequential
+        Within each block, also quantize in the order the layers compute — ``q/k/v_proj``, then ``o_proj``,
+        then ``gate/up_proj``, then ``down_proj`` — each calibrated on inputs produced by the already
+        quantized layers before it (the GPTQ reference's ``--true-sequential``; its published LLaMA results
+        use it). Costs up to four calibration passes per block instead of one. Sequential mode only.
     batch_size
         Calibration sequences per forward pass.
     cache
@@ -329,6 +337,13 @@ def quantize_model(
             "Use sequential=None or False for a single calibration pass"
         )
     use_sequential = calib is not None and is_llama and sequential is not False
+    if not isinstance(true_sequential, bool):
+        raise TypeError(f"true_sequential must be True or False; got {true_sequential!r}")
+    if true_sequential and not use_sequential:
+        raise ValueError(
+            "true_sequential=True needs sequential calibration: a qcourse Llama model, calib data, "
+            "and sequential=None or True"
+        )
 
     names = list(selected)
     tied = _tied_names(model, selected)
@@ -363,7 +378,9 @@ def quantize_model(
         except (ValueError, TypeError) as e:
             raise type(e)(f"layer {name!r} ({lin.out_features}×{lin.in_features}): {e}") from e
         seconds = time.perf_counter() - t0
-        rel, proxy, wsq = _errors(lin.weight, q.qweight.dequantize(torch.float32), hessian)
+        # decode once: the error needs Ŵ, and the layer caches it (when cache=True) for its first forward
+        w_hat = q._decoded(torch.float32, lin.weight.device)
+        rel, proxy, wsq = _errors(lin.weight, w_hat, hessian)
         note = ""
         if name in tied:
             note = f"weight tied to {', '.join(tied[name])}, which keeps the float weight"
@@ -391,7 +408,9 @@ def quantize_model(
             for name in names:
                 quantize_one(name, None)
         elif use_sequential:
-            calib_seconds = _sequential(model, names, selected, calib, batch_size, quantize_one, bar)
+            calib_seconds = _sequential(
+                model, names, selected, calib, batch_size, quantize_one, bar, true_sequential
+            )
         else:
             t0 = time.perf_counter()
             device = _device(model)
@@ -415,9 +434,35 @@ def quantize_model(
         seconds=time.perf_counter() - start,
         calibration_seconds=calib_seconds,
         sequential=use_sequential,
-        options=dict(method_options),
+        options=dict(method_options, true_sequential=true_sequential)
+        if true_sequential
+        else dict(method_options),
     )
     return model, report
+
+
+#: order in which a LLaMA block's linears compute (stage index), for ``true_sequential``
+_STAGES = {
+    "self_attn.q_proj": 0,
+    "self_attn.k_proj": 0,
+    "self_attn.v_proj": 0,
+    "self_attn.o_proj": 1,
+    "mlp.gate_proj": 2,
+    "mlp.up_proj": 2,
+    "mlp.down_proj": 3,
+}
+
+
+def _stages(names: list[str], block: int) -> list[list[str]]:
+    """Split block ``block``'s selected layer names into the non-empty stages of :data:`_STAGES`, in order."""
+    stages: list[list[str]] = [[] for _ in range(max(_STAGES.values()) + 1)]
+    prefix = f"layers.{block}."
+    for name in names:
+        suffix = name[len(prefix) :]
+        if suffix not in _STAGES:
+            raise ValueError(f"true_sequential knows the LLaMA block layers {list(_STAGES)}; got {name!r}")
+        stages[_STAGES[suffix]].append(name)
+    return [s for s in stages if s]
 
 
 def _sequential(
@@ -428,11 +473,13 @@ def _sequential(
     batch_size: int,
     quantize_one: Callable[[str, torch.Tensor | None], None],
     bar: Any,
+    true_sequential: bool = False,
 ) -> float:
     """Block-by-block calibration of a Llama (GPTQ's ``llama_sequential``); returns seconds spent in passes.
 
     Cost: one embedding pass, then per block one pass to collect ``H`` and one to push the cached states
-    through the quantized block (the reference does the same two passes per block).
+    through the quantized block (the reference does the same two passes per block); ``true_sequential``
+    splits the first pass into one pass per stage of :data:`_STAGES`.
     """
     n_blocks = len(model.layers)
     by_block: list[list[str]] = [[] for _ in range(n_blocks)]
@@ -461,16 +508,16 @@ def _sequential(
         for i, block in enumerate(model.layers):
             if i > last and not head:
                 break  # nothing after this block needs calibration inputs
-            if by_block[i]:
+            for stage in _stages(by_block[i], i) if true_sequential else [by_block[i]] if by_block[i] else []:
                 if bar is not None:
                     bar.set_postfix_str(f"block {i}")
                 t0 = time.perf_counter()
-                with hessian_hooks({nm: selected[nm] for nm in by_block[i]}) as accs:
+                with hessian_hooks({nm: selected[nm] for nm in stage}) as accs:
                     for b in _batches(hidden, batch_size):
                         block(b, cos, sin)
                 hessians = finish(accs)
                 spent += time.perf_counter() - t0
-                for nm in by_block[i]:
+                for nm in stage:
                     quantize_one(nm, hessians.pop(nm))
             t0 = time.perf_counter()
             # the next block sees the outputs of this block as quantized
