@@ -84,7 +84,12 @@ def test_json_schema_and_values(tiny):
     json.loads(json.dumps(result))  # JSON-serialisable as printed by the dispatcher
     assert {"model", "split", "tokens", "fp_ppl", "rows"} <= set(result)
     assert result["model"] == "austen" and result["split"] == "validation" and result["tokens"] == 256
-    assert result["calibration"] == {"split": "train", "sequences": 3, "seq_len": 16}
+    assert result["calibration"] == {
+        "split": "train",
+        "sequences": 3,
+        "seq_len": 16,
+        "true_sequential": False,
+    }
     assert [(r["method"], r["bits"]) for r in result["rows"]] == [
         ("toy", 2),
         ("toy", 4),
@@ -151,3 +156,19 @@ def test_bad_options_are_refused_before_any_work(tiny, argv, match):
 def test_group_size_not_dividing_names_the_layer(tiny):
     with pytest.raises(ValueError, match=r"layer 'layers.0.self_attn.q_proj' \(in_features=32\)"):
         quality.main(["--methods", "toy", "--bits", "4", "--tokens", "64", "--group-size", "24"])
+
+
+def test_true_sequential_flag_reaches_calibrated_methods_only(tiny, monkeypatch):
+    import qcourse.nn
+
+    calls = []
+    real = qcourse.nn.quantize_model
+
+    def spy(model, method, **kwargs):
+        calls.append((method.name, kwargs["true_sequential"], kwargs["calib"] is not None))
+        return real(model, method, **kwargs)
+
+    monkeypatch.setattr(qcourse.nn, "quantize_model", spy)
+    result = quality.main(["--methods", "toy,toy-calib", "--bits", "4", "--true-sequential", *ARGS])
+    assert result["calibration"]["true_sequential"] is True
+    assert calls == [("toy", False, False), ("toy-calib", True, True)]

@@ -104,6 +104,11 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     )
     p.add_argument("--calib-seq-len", type=_positive, default=None, help="calibration sequence length")
     p.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and the methods")
+    p.add_argument(
+        "--true-sequential",
+        action="store_true",
+        help="calibration-aware methods: quantize q/k/v, o, gate/up, down in turn within each block",
+    )
     p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
     args = p.parse_args(list(argv))
     for key, value in DEFAULTS[args.model].items():
@@ -186,6 +191,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
                 bits=bits,
                 group_size=args.group_size,
                 calib=calib if m.needs_hessian else None,
+                true_sequential=args.true_sequential and m.needs_hessian,
                 seed=args.seed,
                 progress=args.progress,
             )
@@ -218,7 +224,12 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         "calibration": (
             None
             if calib is None
-            else {"split": "train", "sequences": args.calib_sequences, "seq_len": args.calib_seq_len}
+            else {
+                "split": "train",
+                "sequences": args.calib_sequences,
+                "seq_len": args.calib_seq_len,
+                "true_sequential": args.true_sequential,
+            }
         ),
         "seed": args.seed,
         "load_seconds": load_seconds,

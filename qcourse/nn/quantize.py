@@ -376,7 +376,9 @@ def quantize_model(
                 **method_options,
             )
         except (ValueError, TypeError) as e:
-            raise type(e)(f"layer {name!r} ({lin.out_features}×{lin.in_features}): {e}") from e
+            # same kind of error, now naming the layer (a subclass's constructor may take other arguments)
+            kind = TypeError if isinstance(e, TypeError) else ValueError
+            raise kind(f"layer {name!r} ({lin.out_features}×{lin.in_features}): {e}") from e
         seconds = time.perf_counter() - t0
         # decode once: the error needs Ŵ, and the layer caches it (when cache=True) for its first forward
         w_hat = q._decoded(torch.float32, lin.weight.device)
