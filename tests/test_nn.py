@@ -612,3 +612,22 @@ def test_true_sequential_calibrates_each_stage_on_quantized_earlier_stages():
         torch.testing.assert_close(seen_plain[name], float_h[name], rtol=1e-6, atol=1e-9)
     with pytest.raises(ValueError, match="true_sequential=True needs sequential calibration"):
         quantize_model(model, toy(), bits=2, group_size=16, true_sequential=True, progress=False)
+
+
+_LLAMA = llama()
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    pattern=st.sampled_from(["layers.0", "*.mlp.*", "*_proj", "layers.1.self_attn.[qk]_proj", "lm_head", "*"])
+)
+def test_include_and_exclude_of_one_pattern_partition_the_linears(pattern):
+    model = _LLAMA
+    every = linear_layers(model)
+    inc = set(linear_layers(model, include=pattern))
+    try:
+        exc = set(linear_layers(model, exclude=pattern))
+    except ValueError:  # the pattern selects everything: excluding it leaves nothing, which is refused
+        exc = set()
+        assert inc == set(every)
+    assert inc | exc == set(every) and not inc & exc
