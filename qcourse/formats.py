@@ -58,6 +58,7 @@ __all__ = [
     "INT8", "INT4", "INT4_ASYM", "FORMAT_NAMES", "FORMAT_LABELS", "GRANULARITIES", "get_format",
     "mxfp4_encode", "mxfp4_decode", "nvfp4_encode", "nvfp4_decode", "E8M0_NAN",
     "quantize", "natural_granularity", "relative_mse", "relative_error", "magnitude_sweep",
+    "student_t_like", "error_table",
     "range_table", "bits_per_weight", "aqlm_bits_per_weight", "llama2_70b_linear_shapes",
     "precision_table", "GPUS", "ARTICLE_TABLE",
 ]
@@ -703,6 +704,52 @@ def relative_mse(w: torch.Tensor, w_hat: torch.Tensor) -> float:
     if den == 0:
         raise ValueError("w is all zeros: relative MSE is undefined")
     return float(((w64 - h64) ** 2).sum()) / den
+
+
+def student_t_like(w: torch.Tensor, df: float = 3.0, seed: int = 0) -> torch.Tensor:
+    """A seeded Student-t tensor shaped like ``w`` with the same standard deviation: a heavy-tailed stand-in.
+
+    Student-t with ``df`` degrees of freedom: ``z / sqrt(chi2_df / df)``, with ``df`` a positive integer
+    (the chi-square is a sum of ``df`` squared normals). ``df = 3`` has infinite kurtosis in theory
+    (samples give tens); ``df → ∞`` is Gaussian.
+
+    >>> t = student_t_like(torch.ones(64, 64) * torch.tensor([1.0, -1.0]).repeat(32), df=3)
+    >>> t.shape, round(float(t.std()), 3)
+    (torch.Size([64, 64]), 1.0)
+    """
+    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
+        raise TypeError(f"w must be a floating-point torch tensor; got {type(w).__name__}")
+    if isinstance(df, bool) or not isinstance(df, int | float) or df < 1 or df != int(df):
+        raise ValueError(f"df must be a positive integer; got {df!r}")
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(w.shape, generator=gen, dtype=torch.float64)
+    chi2 = torch.randn((int(df), *w.shape), generator=gen, dtype=torch.float64).pow(2).mean(dim=0)
+    t = z / chi2.sqrt()
+    return (t / t.std() * w.detach().double().std()).to(torch.float32)
+
+
+def error_table(tensors: dict[str, torch.Tensor], formats: Sequence[str] = FORMAT_NAMES,
+                granularity: str = "tensor") -> list[dict[str, Any]]:
+    """Relative MSE of every format on every tensor: one row per format, one column per tensor.
+
+    Formats that fix their own granularity (:func:`natural_granularity`) use it; the others use
+    ``granularity``. Row keys: ``format`` (label), ``fmt`` (name), ``granularity`` and the tensor names.
+
+    >>> w = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
+    >>> rows = error_table({"w": w}, ["fp32", "mxfp4", "int4"], "channel")
+    >>> [(r["fmt"], r["granularity"]) for r in rows], rows[0]["w"]
+    ([('fp32', 'none'), ('mxfp4', 'block32'), ('int4', 'channel')], 0.0)
+    """
+    if not tensors:
+        raise ValueError("tensors is empty")
+    rows = []
+    for fmt in formats:
+        nat = natural_granularity(fmt)
+        row: dict[str, Any] = {"format": FORMAT_LABELS[fmt], "fmt": fmt, "granularity": nat or granularity}
+        for name, w in tensors.items():
+            row[name] = relative_mse(w, quantize(w, fmt, None if nat else granularity))
+        rows.append(row)
+    return rows
 
 
 def magnitude_sweep(lo: float = 1e-8, hi: float = 1e5, n: int = 2001, seed: int = 0) -> torch.Tensor:

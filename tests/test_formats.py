@@ -515,3 +515,23 @@ def test_format_readout_and_widget() -> None:
     before = readout.value
     fmt_dd.value = "int4"
     assert readout.value != before and "relative MSE" in readout.value
+
+
+def test_student_t_like_and_error_table() -> None:
+    from qcourse.diagnostics import kurtosis
+
+    w = torch.randn(128, 128, generator=torch.Generator().manual_seed(8)) * 0.02
+    t = F.student_t_like(w, df=3, seed=1)
+    assert t.shape == w.shape and t.std().item() == pytest.approx(w.std().item(), rel=1e-4)
+    assert kurtosis(t) > 8 > kurtosis(F.student_t_like(w, df=30, seed=1))  # heavier tails at low df
+    assert torch.equal(t, F.student_t_like(w, df=3, seed=1))  # seeded
+    with pytest.raises(ValueError, match="df"):
+        F.student_t_like(w, df=2.5)
+    rows = F.error_table({"gauss": w, "t3": t}, ["int4", "fp8_e4m3", "nvfp4"], "tensor")
+    by = {r["fmt"]: r for r in rows}
+    # heavy tails wreck a uniform per-tensor grid but barely touch a float grid's relative precision
+    assert by["int4"]["t3"] > 5 * by["int4"]["gauss"]
+    assert by["fp8_e4m3"]["t3"] < 2 * by["fp8_e4m3"]["gauss"]
+    assert by["nvfp4"]["granularity"] == "block16"
+    with pytest.raises(ValueError, match="empty"):
+        F.error_table({})
