@@ -39,7 +39,7 @@ def load_gguf(path: Any, **kwargs: Any) -> Llama:
 
 
 def perplexity(model: Llama, split: str = "validation", tokens: int = 65536, **kwargs: Any) -> float:
-    """Perplexity of ``model`` on the first ``tokens`` tokens of an Austen split (see ``qcourse.lm.evaluate``)."""
+    """Perplexity of ``model`` on the first ``tokens`` tokens of an Austen split (``qcourse.lm.evaluate``)."""
     from qcourse.lm.evaluate import perplexity as _perplexity
 
     return _perplexity(model, split=split, tokens=tokens, **kwargs)

@@ -1,0 +1,79 @@
+"""Command line of the embedded model.
+
+``python -m qcourse.lm train [--out DIR] [--steps N]`` retrains the shipped model from scratch (same
+seed, thread count and hyper-parameters as ``qcourse/data/austen-model/training.json``) and writes
+``model.safetensors``, ``config.json`` and ``training.json`` to ``DIR`` (default ``./austen-model``).
+``python -m qcourse.lm eval [--split S] [--tokens N]`` prints the shipped model's perplexity as JSON.
+``python -m qcourse.lm sample [--prompt P] [--n N] [--seed S]`` prints a sample.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m qcourse.lm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    tr = sub.add_parser("train", help="train the embedded model from scratch")
+    tr.add_argument("--out", default="austen-model", help="output folder (default: ./austen-model)")
+    tr.add_argument("--steps", type=int, default=None, help="optimiser steps (default: the shipped recipe)")
+    tr.add_argument("--seed", type=int, default=None, help="seed (default: the shipped recipe's, 0)")
+    tr.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: recipe's; changes bits)"
+    )
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ev = sub.add_parser("eval", help="perplexity of the shipped model")
+    ev.add_argument("--split", default="validation")
+    ev.add_argument("--tokens", type=int, default=65536)
+    sa = sub.add_parser("sample", help="sample text from the shipped model")
+    sa.add_argument("--prompt", default="It is a truth universally acknowledged")
+    sa.add_argument("--n", type=int, default=300)
+    sa.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    if args.command == "train":
+        from qcourse.lm.train import MODEL_CONFIG, TRAIN_CONFIG, train
+
+        changes = {k: getattr(args, k) for k in ("steps", "seed", "threads") if getattr(args, k) is not None}
+        cfg = replace(TRAIN_CONFIG, **changes)
+        t0 = time.perf_counter()
+        rec = train(MODEL_CONFIG, cfg, out=args.out, progress=not args.no_progress)
+        v = rec["validation"]
+        print(
+            f"wrote {args.out}/model.safetensors (sha256 {rec['sha256']}): {rec['parameters']:,} parameters, "
+            f"{rec['tokens_seen']:,} tokens, validation ppl {v['perplexity']:.3f} "
+            f"({v['bits_per_byte']:.3f} bits/byte); wall time {time.perf_counter() - t0:.1f} s"
+        )
+        return 0
+    from qcourse.lm.embedded import load_embedded
+
+    model = load_embedded()
+    if args.command == "eval":
+        from qcourse.lm.evaluate import perplexity
+
+        t0 = time.perf_counter()
+        ppl = perplexity(model, split=args.split, tokens=args.tokens)
+        print(
+            json.dumps(
+                {
+                    "split": args.split,
+                    "tokens": args.tokens,
+                    "perplexity": ppl,
+                    "seconds": time.perf_counter() - t0,
+                }
+            )
+        )
+        return 0
+    from qcourse.lm.evaluate import generate
+
+    print(generate(model, args.prompt, n=args.n, seed=args.seed))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
