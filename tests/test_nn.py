@@ -631,3 +631,15 @@ def test_include_and_exclude_of_one_pattern_partition_the_linears(pattern):
         exc = set()
         assert inc == set(every)
     assert inc | exc == set(every) and not inc & exc
+
+
+def test_package_gptq_beats_rtn_proxy_loss_on_every_layer_with_the_same_hessians():
+    model, toks = llama(), tokens(8, 16)
+    kw = dict(bits=3, group_size=16, calib=toks, sequential=False, progress=False)
+    _, gptq = quantize_model(model, "gptq", **kw)
+    _, rtn = quantize_model(model, "rtn", **kw)
+    for g, r in zip(gptq.layers, rtn.layers, strict=True):
+        assert g.name == r.name and g.proxy_loss < r.proxy_loss
+    # sequential mode runs the same method end to end and reports a calibration pass
+    qmodel, seq = quantize_model(model, "gptq", bits=3, group_size=16, calib=toks, progress=False)
+    assert seq.sequential and seq.calibration_seconds > 0 and torch.isfinite(qmodel(toks)).all()
