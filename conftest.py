@@ -9,8 +9,10 @@ Budget: the notebook's metadata ``qcourse.time_budget_s`` if set, else the envir
 ``QCOURSE_NOTEBOOK_BUDGET_S``, else 120 s (the CI budget on 2 cores). ``QCOURSE_NOTEBOOK_BUDGET_S=0`` turns
 enforcement off (times are still reported).
 
-nbval kernels inherit ``QCOURSE_CHECKS_STRICT=1`` (unless it is set otherwise), so a failing exercise check
-in a solution notebook fails its cell, while "not implemented yet" in an exercise notebook never does.
+Kernels of notebooks in ``solutions/`` and ``exercises/`` inherit ``QCOURSE_CHECKS_STRICT=1`` (unless it is
+set otherwise), so a failing exercise check in a solution notebook fails its cell, while "not implemented yet"
+in an exercise notebook never does. Lessons (``notebooks/``) run checks leniently: they may show a check
+rejecting a wrong function on purpose.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ DEFAULT_BUDGET_S = 120.0
 BUDGET_ENV = "QCOURSE_NOTEBOOK_BUDGET_S"
 STRICT_ENV = "QCOURSE_CHECKS_STRICT"  # same name as qcourse.checks._harness.STRICT_ENV (not imported: cheap)
 ARTIFACTS = "test-artifacts"
+STRICT_DIRS = ("solutions", "exercises")
 
 
 def _global_budget() -> float:
@@ -81,7 +84,8 @@ class NotebookBudget:
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_setup(self, item: pytest.Item):
         # the kernel of an nbval notebook starts during its first cell's setup and inherits os.environ
-        if not _is_nbval_cell(item) or STRICT_ENV in os.environ:
+        strict_dir = Path(item.path).parent.name in STRICT_DIRS
+        if not _is_nbval_cell(item) or not strict_dir or STRICT_ENV in os.environ:
             yield
             return
         os.environ[STRICT_ENV] = "1"

@@ -87,7 +87,8 @@ def _notebook(path: Path, source: str, budget: float | None) -> None:
 def _run_nbval(tmp_path: Path, *args: str, env_budget: str | None = None) -> subprocess.CompletedProcess:
     shutil.copy(ROOT / "conftest.py", tmp_path / "conftest.py")
     (tmp_path / "pytest.ini").write_text("[pytest]\n")
-    env = {k: v for k, v in os.environ.items() if k != "QCOURSE_NOTEBOOK_BUDGET_S"}
+    drop = {"QCOURSE_NOTEBOOK_BUDGET_S", "QCOURSE_CHECKS_STRICT"}
+    env = {k: v for k, v in os.environ.items() if k not in drop}
     if env_budget is not None:
         env["QCOURSE_NOTEBOOK_BUDGET_S"] = env_budget
     return subprocess.run(
@@ -111,13 +112,17 @@ def test_budget_fails_the_slow_notebook_and_reports_times(tmp_path):
 
 
 def test_budget_env_override_and_strict_checks_in_kernel(tmp_path):
-    # the global budget comes from the environment; the kernel runs exercise checks in strict mode
-    _notebook(tmp_path / "env.ipynb", "import os\nassert os.environ['QCOURSE_CHECKS_STRICT'] == '1'",
-              budget=None)
-    res = _run_nbval(tmp_path, "env.ipynb", env_budget="0.001")
+    # the global budget comes from the environment; solution kernels run checks in strict mode, lessons not
+    (tmp_path / "solutions").mkdir()
+    (tmp_path / "notebooks").mkdir()
+    _notebook(tmp_path / "solutions" / "env.ipynb",
+              "import os\nassert os.environ['QCOURSE_CHECKS_STRICT'] == '1'", budget=None)
+    _notebook(tmp_path / "notebooks" / "lesson.ipynb",
+              "import os\nassert 'QCOURSE_CHECKS_STRICT' not in os.environ", budget=None)
+    res = _run_nbval(tmp_path, "solutions/env.ipynb", env_budget="0.001")
     assert res.returncode == 1
-    assert re.search(r"env\.ipynb took \d+\.\d s, over its 0\.001 s budget", res.stdout), res.stdout
-    res = _run_nbval(tmp_path, "env.ipynb", env_budget="0")
+    assert re.search(r"solutions/env\.ipynb took \d+\.\d s, over its 0\.001 s budget", res.stdout), res.stdout
+    res = _run_nbval(tmp_path, "solutions/env.ipynb", "notebooks/lesson.ipynb", env_budget="0")
     assert res.returncode == 0 and "budget none" in res.stdout, res.stdout
-    res = _run_nbval(tmp_path, "env.ipynb", env_budget="soon")
+    res = _run_nbval(tmp_path, "solutions/env.ipynb", env_budget="soon")
     assert res.returncode != 0 and "QCOURSE_NOTEBOOK_BUDGET_S must be a number" in res.stderr + res.stdout
