@@ -8,11 +8,11 @@ Weight statistics (:func:`weight_stats`), per linear layer, over all its weights
 
 * ``kurtosis`` -- Pearson's kurtosis ``E[(w - μ)⁴] / σ⁴``: **3 for a Gaussian** (``excess_kurtosis`` is that
   minus 3, 0 for a Gaussian); large values mean heavy tails;
-* ``max_over_std`` -- ``max|w| / σ``: about 4.5–5.5 for a Gaussian matrix of 10⁵–10⁶ entries;
+* ``max_over_std`` -- ``max|w| / σ``: about 4.4 for a Gaussian matrix of 10⁵ entries, 4.9 for 10⁶;
 * ``frac_beyond_6sigma`` -- fraction of weights with ``|w - μ| > 6σ`` (2·10⁻⁹ for a Gaussian);
 * ``in_rms_spread`` / ``out_rms_spread`` -- per-channel RMS (columns = input channels, rows = output
-  channels), max over median: 1.1–1.3 for a Gaussian matrix; a large input spread marks the columns that
-  outlier activation channels feed.
+  channels), max over median: 1.05–1.3 for a Gaussian matrix (the more entries per channel, the closer
+  to 1); a large input spread marks the columns that outlier activation channels feed.
 
 Activation statistics (:func:`activation_stats`), collected with forward hooks while the model reads some
 tokens:
@@ -119,23 +119,32 @@ def weight_tensor_stats(w: torch.Tensor) -> dict[str, float]:
     """
     if not isinstance(w, torch.Tensor) or w.ndim != 2 or not w.is_floating_point():
         raise TypeError(f"w must be a 2-D floating torch.Tensor; got {getattr(w, 'shape', type(w).__name__)}")
-    v = w.detach().double()
-    if not torch.isfinite(v).all():
+    # float32 element-wise work with float64 accumulation: 135 M weights in a few seconds on a laptop,
+    # and moments agree with a float64 computation to ~1e-6 relative
+    v = w.detach().float()
+    lo, hi = torch.aminmax(v)
+    if not (torch.isfinite(lo) and torch.isfinite(hi)):
         raise ValueError("w contains NaN or Inf")
-    mu, sd = v.mean(), v.std(unbiased=False)
-    if sd == 0:
+    n = v.numel()
+    c = v - v.sum(dtype=torch.float64).div(n).float()
+    c2 = c * c
+    m2 = float(c2.sum(dtype=torch.float64)) / n
+    if m2 == 0:
         raise ValueError("w is constant: its statistics are undefined")
-    k = kurtosis(v)
-    col_rms = v.pow(2).mean(0).sqrt()  # one value per input channel
-    row_rms = v.pow(2).mean(1).sqrt()  # one value per output channel
+    m4 = float((c2 * c2).sum(dtype=torch.float64)) / n
+    sd = math.sqrt(m2)
+    k = m4 / (m2 * m2)
+    vv = v * v
+    col_rms = vv.mean(0).sqrt()  # one value per input channel
+    row_rms = vv.mean(1).sqrt()  # one value per output channel
     return {
         "kurtosis": k,
         "excess_kurtosis": k - 3.0,
-        "max_over_std": float(v.abs().max() / sd),
-        "frac_beyond_6sigma": float(((v - mu).abs() > 6 * sd).double().mean()),
+        "max_over_std": max(-float(lo), float(hi)) / sd,
+        "frac_beyond_6sigma": int(torch.count_nonzero(c2 > 36.0 * m2)) / n,
         "in_rms_spread": float(col_rms.max() / col_rms.median()),
         "out_rms_spread": float(row_rms.max() / row_rms.median()),
-        "std": float(sd),
+        "std": sd,
     }
 
 

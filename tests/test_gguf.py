@@ -126,6 +126,7 @@ def write_gguf(
     linear_type: str = "F32",
     arch: str = "llama",
     extra_tensor: str | None = None,
+    tokenizer_model: str = "gpt2",
 ) -> Path:
     """Write ``model`` as a llama.cpp GGUF, the way convert_hf_to_gguf.py lays it out."""
     cfg = model.config
@@ -141,7 +142,7 @@ def write_gguf(
     w.add_rope_dimension_count(cfg.head_dim)
     w.add_vocab_size(cfg.vocab_size)
     tokens, merges, types = tiny_vocab()
-    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_model(tokenizer_model)
     w.add_tokenizer_pre("smollm")
     w.add_token_list(tokens)
     w.add_token_types(types)
@@ -292,6 +293,10 @@ def test_bad_files_are_refused(tmp_path: Path) -> None:
         qg.load_gguf(tmp_path / "missing.gguf")
     with pytest.raises(ValueError, match="architecture"):
         qg.load_gguf(write_gguf(tmp_path / "gpt2.gguf", model, arch="gpt2"))
+    with pytest.raises(ValueError, match="tokenizer=False"):  # SentencePiece vocabularies are not supported
+        qg.load_gguf(write_gguf(tmp_path / "spm.gguf", model, tokenizer_model="llama"))
+    spm = qg.load_gguf(tmp_path / "spm.gguf", tokenizer=False)
+    assert spm.tokenizer is None and spm.config == model.config
     with pytest.raises(ValueError, match="rope_freqs"):
         qg.load_gguf(write_gguf(tmp_path / "extra.gguf", model, extra_tensor="rope_freqs.weight"))
 
@@ -486,7 +491,7 @@ def test_smollm2_perplexity(smollm2) -> None:
 
     ppl = perplexity(smollm2, "validation", tokens=4096, context=512)
     print(f"\nSmolLM2 perplexity, 4096 validation tokens, windows of 512: {ppl:.2f}")
-    assert 26.0 < ppl < 33.0  # measured here: 29.30 (and 32.96 on 16k tokens)
+    assert 26.0 < ppl < 33.0  # measured here: 29.30 (28.73 on 16,384 tokens)
 
 
 @needs_wheel
