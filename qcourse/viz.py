@@ -131,22 +131,33 @@ def plot_value_grids(names: Sequence[str] = ("fp4_e2m1", "int4", "fp8_e4m3", "fp
     return fig
 
 
-def plot_relative_error(x: torch.Tensor, names: Sequence[str], scales: dict[str, float] | None = None) -> Any:
-    """Relative rounding error ``|Q(x) − x| / |x|`` against ``|x|`` (log–log), one line per format."""
+def plot_relative_error(x: torch.Tensor, names: Sequence[str], scales: dict[str, float] | None = None,
+                        bins: int = 160) -> Any:
+    """Worst relative rounding error ``|Q(x) − x| / |x|`` against ``|x|`` (log–log), one line per format.
+
+    The sweep ``x`` is split into ``bins`` log-spaced magnitude bins and each line is the largest
+    relative error in each bin: the upper envelope, which shows the format's bound ``2**-(M+1)`` as a
+    plateau instead of a cloud of points.
+    """
     plt = _plt()
     scales = scales or {}
     fig, ax = plt.subplots(figsize=(9, 4.5))
-    xs = x.double().numpy()
+    xs = x.double().abs().numpy()
+    edges = np.logspace(np.log10(xs.min()), np.log10(xs.max()), bins + 1)
+    which = np.clip(np.searchsorted(edges, xs, side="right") - 1, 0, bins - 1)
+    centers = np.sqrt(edges[:-1] * edges[1:])
     for i, name in enumerate(names):
         err = F.relative_error(x, name, scale=scales.get(name, 1.0)).double().numpy()
-        err = np.maximum(err, 1e-9)  # exact values would vanish from a log axis
+        env = np.full(bins, np.nan)
+        np.fmax.at(env, which, err)
+        env = np.maximum(env, 1e-9)  # exact bins would vanish from a log axis
         label = F.FORMAT_LABELS[name] + (f" (scale {scales[name]:.3g})" if name in scales else "")
-        ax.plot(xs, err, lw=0.8, color=f"C{i}", label=label)
+        ax.step(centers, env, where="mid", lw=1.4, color=f"C{i}", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_ylim(1e-9, 2)
+    ax.set_ylim(1e-5, 2)
     ax.set_xlabel("|x|")
-    ax.set_ylabel("relative error |Q(x) − x| / |x|")
+    ax.set_ylabel("worst relative error |Q(x) − x| / |x|")
     ax.set_title("Relative rounding error across magnitudes (no per-group scaling)")
     ax.legend(fontsize=8, loc="lower left")
     fig.tight_layout()
