@@ -90,7 +90,7 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float = 0.7) -> torch.Tensor:
     if p == 1:
         return torch.sign(x) * (a - 1.0 / beta).clamp_min(0.0)
     # at x = 0, |x|^(p−1) = inf and the clamp gives 0, which is the correct proximal value
-    return torch.sign(x) * (a - a.pow(p - 1) / beta).clamp_min(0.0)
+    return torch.sign(x) * (a - (1.0 / beta) * a.pow(p - 1)).clamp_min(0.0)
 
 
 def zero_step(w: torch.Tensor, w_q: torch.Tensor, w_e: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tensor:
@@ -187,10 +187,15 @@ def optimize(w: torch.Tensor, scale_inv: torch.Tensor, zero: torch.Tensor, bits:
     scale_inv = scale_inv.float()
     z = zero.float()
     best_err, best_z, best_iter, history = float("inf"), z, 0, []
+    # The loop is the four steps of the module docstring written with preallocated buffers: on a
+    # 4096×4096 weight every temporary is 64 MB, and allocating them afresh dominates the run time.
+    # It computes exactly what shrink_lp and zero_step compute (tests check this against the package).
+    w_q, w_r, e, a, t = (torch.empty_like(w) for _ in range(5))
     for i in range(iters + 1):
-        w_q = torch.round(w * scale_inv + z).clamp_(0, maxq)
-        w_r = (w_q - z) / scale_inv
-        err = float(torch.mean(torch.abs(w - w_r)))
+        torch.mul(w, scale_inv, out=w_q).add_(z).round_().clamp_(0, maxq)   # W_q
+        torch.sub(w_q, z, out=w_r).div_(scale_inv)                           # Ŵ
+        torch.sub(w, w_r, out=e)                                             # W − Ŵ
+        err = float(torch.abs(e, out=a).mean())
         history.append(err)
         if best_err - err > tol or i == 0:
             best_err, best_z, best_iter = err, z, i
@@ -198,8 +203,14 @@ def optimize(w: torch.Tensor, scale_inv: torch.Tensor, zero: torch.Tensor, bits:
             break
         if i == iters:
             break
-        w_e = shrink_lp(w - w_r, beta, p)
-        z = zero_step(w, w_q, w_e, scale_inv)
+        # W_e = shrink_p(e): sign(e)·max(|e| − |e|^(p−1)/β, 0), in the package's operation order
+        if p == 1:
+            t.fill_(1.0 / beta)
+        else:
+            torch.pow(a, p - 1, out=t).mul_(1.0 / beta)
+        t.neg_().add_(a).clamp_min_(0.0).mul_(torch.sign(e, out=w_r))
+        # z = mean(W_q − (W − W_e)·s')
+        z = torch.sub(w_q, torch.sub(w, t, out=a).mul_(scale_inv), out=a).mean(dim=-1, keepdim=True)
         if round_zero:
             z = torch.round(z)
         beta *= kappa
