@@ -247,8 +247,7 @@ def _field(reader: Any, key: str, default: Any = None) -> Any:
     f = reader.fields.get(key)
     if f is None:
         return default
-    v = f.contents()
-    return v
+    return f.contents()
 
 
 class GGUFTokenizer:
@@ -467,14 +466,16 @@ def gguf_config(reader: Any, max_seq_len: int | None = None) -> LlamaConfig:
     ctx = int(_field(reader, "llama.context_length", DEFAULT_MAX_SEQ_LEN))
     if max_seq_len is None:
         max_seq_len = min(ctx, DEFAULT_MAX_SEQ_LEN)
-    elif not isinstance(max_seq_len, int) or not 1 <= max_seq_len <= ctx:
+    elif isinstance(max_seq_len, bool) or not isinstance(max_seq_len, int) or not 1 <= max_seq_len <= ctx:
         raise ValueError(
             f"max_seq_len must be an int in [1, {ctx}] (the file's context length); got {max_seq_len!r}"
         )
-    tokens = reader.fields.get("tokenizer.ggml.tokens")
     vocab = _field(reader, "llama.vocab_size")
-    if vocab is None:
-        vocab = len(tokens.data) if tokens is not None else reader.get_tensor(0).shape[-1]
+    if vocab is None:  # older files: the embedding's row count (GGUF lists it last: ne = [d_model, vocab])
+        emb = [t for t in reader.tensors if t.name == "token_embd.weight"]
+        if not emb:
+            raise ValueError("GGUF file has neither llama.vocab_size nor a token_embd.weight tensor")
+        vocab = int(emb[0].shape[-1])
     has_output = any(t.name == "output.weight" for t in reader.tensors)
     return LlamaConfig(
         vocab_size=int(vocab),
