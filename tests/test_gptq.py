@@ -134,6 +134,19 @@ def test_blocksize_does_not_change_the_result() -> None:
     assert torch.allclose(a.w_q, b.w_q, atol=1e-10) and torch.equal(a.codes, b.codes)
 
 
+def test_reference_groups_mode() -> None:
+    # IST-DASLab/gptq takes a dynamic group's grid from W, which is stale inside a lazy block. With one
+    # group per block (blocksize == group_size) nothing is stale and both modes agree; with groups starting
+    # mid-block they differ, and the default (fully updated weights) is the one equal to naive OBS.
+    w, H = _problem(8, 48, seed=4)
+    same_a = gptq_quantize(w, H, Grid(2), blocksize=12, group_size=12, reference_groups=True)
+    same_b = gptq_quantize(w, H, Grid(2), blocksize=12, group_size=12)
+    assert torch.equal(same_a.w_q, same_b.w_q)
+    stale = gptq_quantize(w, H, Grid(2), blocksize=48, group_size=12, reference_groups=True)
+    assert not torch.allclose(stale.scale, same_b.scale)
+    assert torch.allclose(stale.scale[:, 0], same_b.scale[:, 0])  # the first group is never stale
+
+
 def test_column_update_sets_column_to_q_and_follows_obs() -> None:
     w, H = _problem(4, 6, seed=5)
     wd, U = prepare_hessian(H, w.double(), 0.01)

@@ -26,7 +26,7 @@ One deliberate difference: the reference computes a dynamic group's parameters f
 ``W``, which inside a lazy block does not yet hold the updates from earlier columns of the same block
 (they live in the block copy). Here the group's weights are taken fully updated, as the algorithm
 specifies, so the result does not depend on ``blocksize`` (the reference's does, slightly, when a group
-starts mid-block).
+starts mid-block). ``reference_groups=True`` reproduces the reference's behaviour instead.
 
 Computation is float64 by default (``dtype``): small layers, and agreement with the naive OBS form to
 1e-10 in the tests. Storage (:class:`GPTQWeight`): packed codes, fp16 scale and ``b``-bit integer zero per
@@ -146,7 +146,8 @@ class GPTQResult:
 
 def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, quantizer: Grid | int, blocksize: int = 128,
                   percdamp: float = 0.01, group_size: int | None = None, act_order: bool = False,
-                  static_groups: bool = False, dtype: torch.dtype = torch.float64) -> GPTQResult:
+                  static_groups: bool = False, dtype: torch.dtype = torch.float64,
+                  reference_groups: bool = False) -> GPTQResult:
     """Quantize ``w`` (``[out, in]``) column by column with GPTQ's error feedback.
 
     Parameters
@@ -169,6 +170,9 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, quantizer: Grid | int,
         Precompute every group's grid from the original weights (only with ``group_size``).
     dtype
         Computation precision.
+    reference_groups
+        Take dynamic group parameters from the block-stale weights like ``IST-DASLab/gptq`` does (see the
+        module docstring); the default uses the fully updated weights.
 
     Returns
     -------
@@ -232,10 +236,14 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, quantizer: Grid | int,
         for i in range(i2 - i1):
             j = i1 + i
             if group_size is not None and not static_groups and j % g == 0:
-                inside = W1[:, i:min(i + g, i2 - i1)]
-                beyond = W[:, i2:j + g] - Err1[:, :i] @ U[i1:i1 + i, i2:j + g]  # lazily pending updates
+                if reference_groups:
+                    current = W[:, j:j + g]  # misses the updates from columns i1..j−1 of this block
+                else:
+                    inside = W1[:, i:min(i + g, i2 - i1)]
+                    beyond = W[:, i2:j + g] - Err1[:, :i] @ U[i1:i1 + i, i2:j + g]  # lazily pending updates
+                    current = torch.cat([inside, beyond], 1)
                 k = j // g
-                S[:, k:k + 1], Z[:, k:k + 1] = quantizer.params(torch.cat([inside, beyond], 1))
+                S[:, k:k + 1], Z[:, k:k + 1] = quantizer.params(current)
             s, z = S[:, gcol[j]:gcol[j] + 1], Z[:, gcol[j]:gcol[j] + 1]
             c = quantizer.codes(W1[:, i:i + 1], s, z)
             q = quantizer.dequant(c, s, z)[:, 0]
@@ -288,11 +296,14 @@ class GPTQWeight(QuantizedWeight):
 
 
 _OPTIONS = {"blocksize": 128, "percdamp": 0.01, "act_order": False, "static_groups": False,
-            "symmetric": False}
+            "symmetric": False, "reference_groups": False}
 
 
 class GPTQ(Method):
-    """GPTQ; options ``blocksize, percdamp, act_order, static_groups, symmetric``; needs ``hessian``."""
+    """GPTQ; options ``blocksize, percdamp, act_order, static_groups, symmetric, reference_groups``.
+
+    Needs ``hessian``. The options are those of :func:`gptq_quantize`; ``symmetric`` picks the grid.
+    """
 
     def quantize(self, w: torch.Tensor, bits: float, group_size: int | None = None,
                  hessian: torch.Tensor | None = None, seed: int = 0, **options: Any) -> GPTQWeight:
@@ -306,7 +317,8 @@ class GPTQ(Method):
         grid = Grid(int(bits), symmetric=bool(opts["symmetric"]))
         result = gptq_quantize(w, hessian, grid, blocksize=opts["blocksize"], percdamp=opts["percdamp"],
                                group_size=group_size, act_order=bool(opts["act_order"]),
-                               static_groups=bool(opts["static_groups"]))
+                               static_groups=bool(opts["static_groups"]),
+                               reference_groups=bool(opts["reference_groups"]))
         return GPTQWeight(result, grid)
 
 
