@@ -114,6 +114,22 @@ def test_history_starts_at_minmax_and_best_is_returned() -> None:
     assert len(full.history) == 21 and full.history[full.best_iter] == min(full.history)
 
 
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10**6), bits=st.integers(1, 8), g=st.sampled_from([8, 16, 64]),
+       axis=st.sampled_from([0, 1]), scale=st.sampled_from([1e-3, 0.02, 5.0]))
+def test_never_worse_than_its_start_and_stored_exactly(seed: int, bits: int, g: int, axis: int,
+                                                        scale: float) -> None:
+    w = _student_t((64, 128), seed) * (scale / 0.02)
+    qw, res = quantize_hqq(w, bits, g, axis=axis)
+    assert res is not None and res.history[res.best_iter] <= res.history[0]
+    assert torch.equal(qw.codes(), grouping.from_groups(
+        torch.round(grouping.to_groups(w, g, axis) / qw.scale.float()[:, None] + qw.zero.float()[:, None])
+        .clamp(0, 2**bits - 1), w.shape, g, axis).to(torch.uint8))
+    # the stored (fp16) parameters cost at most a hair over the solver's own float32 error
+    w_hat = qw.dequantize()
+    assert float((w - w_hat).abs().mean()) <= res.history[res.best_iter] * 1.01 + 1e-7
+
+
 def test_round_zero_keeps_integer_zero_points() -> None:
     w = _student_t((16, 128), 1)
     _, res = quantize_hqq(w, 3, 64, round_zero=True)
