@@ -274,3 +274,16 @@ def test_train_refuses_mismatched_configs():
 def test_cli_sample_prints_text(capsys):
     assert cli_main(["sample", "--prompt", "Emma", "--n", "8", "--seed", "1"]) == 0
     assert capsys.readouterr().out.startswith("Emma")
+
+
+def test_tied_embeddings_round_trip(tmp_path):
+    from dataclasses import replace
+
+    tc = TrainConfig(steps=2, batch_size=2, seq_len=32, warmup_steps=1, eval_every=0, eval_tokens=64,
+                     final_eval_tokens=64, threads=1)  # fmt: skip
+    rec = train(replace(TINY, tie_embeddings=True), tc, out=tmp_path, progress=False)
+    m = load_embedded(tmp_path)
+    assert m.lm_head.weight is m.embed_tokens.weight
+    x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        assert torch.equal(m(x), rec["model"](x))

@@ -75,6 +75,8 @@ def load_embedded(path: str | os.PathLike | None = None, dtype: torch.dtype = to
     with torch.device("meta"):
         model = Llama(cfg)
     model.load_state_dict(state, strict=True, assign=True)
+    if cfg.tie_embeddings:  # assign=True replaced both tensors; re-tie them as the config says
+        model.lm_head.weight = model.embed_tokens.weight
     # the rotary tables are non-persistent buffers (not in the file): rebuild them on the CPU
     model.rope_cos, model.rope_sin = rotary_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
     model = model.to(dtype)

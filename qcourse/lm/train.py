@@ -262,7 +262,8 @@ def save(model: Llama, record: dict[str, Any], out: str | os.PathLike) -> str:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    # clone: safetensors refuses tensors that share memory (tied embedding and head)
+    state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "model": "qcourse-austen"})
     digest = sha256_file(out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
