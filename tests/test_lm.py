@@ -287,3 +287,11 @@ def test_tied_embeddings_round_trip(tmp_path):
     x = torch.randint(0, 256, (2, 16), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         assert torch.equal(m(x), rec["model"](x))
+
+
+def test_load_leaves_the_global_rng_alone():
+    torch.manual_seed(5)
+    expected = torch.rand(3)
+    torch.manual_seed(5)
+    load_embedded()
+    assert torch.equal(torch.rand(3), expected)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from qcourse.lm.model import Llama, LlamaConfig, rotary_tables
+from qcourse.lm.model import Llama, LlamaConfig
 from qcourse.lm.tokenizer import ByteTokenizer
 
 __all__ = ["MODEL_DIR", "load_embedded", "training_record"]
@@ -71,14 +71,13 @@ def load_embedded(path: str | os.PathLike | None = None, dtype: torch.dtype = to
     folder = _folder(path, ("model.safetensors", "config.json"))
     cfg = LlamaConfig(**json.loads((folder / "config.json").read_text()))
     state = load_file(str(folder / "model.safetensors"))
-    # building on the meta device skips the random initialisation that the loaded weights overwrite
-    with torch.device("meta"):
+    # Build on the CPU (the meta device would pull in torch._dynamo, seconds of imports) inside fork_rng,
+    # so the throw-away random initialisation leaves the caller's global RNG stream untouched.
+    with torch.random.fork_rng(devices=[]):
         model = Llama(cfg)
     model.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_embeddings:  # assign=True replaced both tensors; re-tie them as the config says
         model.lm_head.weight = model.embed_tokens.weight
-    # the rotary tables are non-persistent buffers (not in the file): rebuild them on the CPU
-    model.rope_cos, model.rope_sin = rotary_tables(cfg.head_dim, cfg.max_seq_len, cfg.rope_theta)
     model = model.to(dtype)
     model.tokenizer = ByteTokenizer()
     return model.eval()
