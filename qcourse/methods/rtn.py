@@ -21,7 +21,8 @@ Storage and ``bits_per_weight`` (:class:`AffineQuantizedWeight`): the codes bit-
 :mod:`qcourse.packing` (``ceil(n·b/8)`` bytes), one fp16 scale per group (16 bits), and one zero per group at
 its stored precision — an integer zero costs ``b`` bits, a float zero (HQQ) 16 bits, the implicit symmetric
 zero 0 bits. Asymmetric RTN at 4 bits, group 64: ``4 + 16/64 + 4/64 = 4.3125`` bits per weight. Codes are
-computed with the fp16-rounded scale the weight stores, so quantization and dequantization agree exactly.
+computed with the stored fp16 scale (rounded up, :func:`round_scale`), so quantization and dequantization
+agree exactly.
 
 >>> import torch
 >>> w = torch.tensor([[-1.0, 0.0, 0.7, 2.0]])
@@ -51,8 +52,6 @@ __all__ = [
     "AffineQuantizedWeight", "RTN", "METHODS",
 ]
 
-#: smallest positive fp16 value (subnormal); scales that would underflow to 0 are rounded up to it
-_FP16_TINY = 2.0**-24
 _FP16_MAX = 65504.0
 
 
@@ -65,23 +64,25 @@ def _check_bits(bits: Any, symmetric: bool) -> int:
 
 
 def round_scale(scale: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:
-    """Round ``scale`` to the precision it will be stored in (``None``: keep as is).
+    """Round ``scale`` **up** to the precision it will be stored in (``None``: keep as is).
 
-    Rounding to fp16 raises ``ValueError`` on overflow (a group range beyond fp16) and rounds scales that
-    would underflow to 0 up to the smallest fp16 subnormal, so a stored scale is never 0.
+    Rounding up (to the next representable value at or above ``scale``) keeps the stored grid wide enough
+    to cover the group's ``[min, max]``, so no weight is clamped by more than half a step because of the
+    storage precision. A scale beyond the dtype's range raises ``ValueError``; a positive scale too small
+    for it becomes the smallest positive value, never 0.
 
     >>> import torch
-    >>> round_scale(torch.tensor([0.1, 1e-12]), torch.float16).tolist()
-    [0.0999755859375, 5.960464477539063e-08]
+    >>> round_scale(torch.tensor([0.1, 1e-12, 0.5]), torch.float16).tolist()
+    [0.10003662109375, 5.960464477539063e-08, 0.5]
     """
     if dtype is None:
         return scale
     out = scale.to(dtype)
+    up = torch.nextafter(out, torch.full_like(out, float("inf")))
+    out = torch.where(out.to(scale.dtype) < scale, up, out)
     if not torch.isfinite(out).all():
         raise ValueError(f"w has a group whose range needs a scale beyond {dtype} (max {_FP16_MAX:g} for "
                          "float16); rescale the weight or use a larger scale dtype")
-    tiny = torch.finfo(dtype).smallest_normal if dtype != torch.float16 else _FP16_TINY
-    out = torch.where(out == 0, torch.full_like(out, tiny), out)
     return out.to(scale.dtype)
 
 
