@@ -130,6 +130,15 @@ def test_never_worse_than_its_start_and_stored_exactly(seed: int, bits: int, g: 
     assert float((w - w_hat).abs().mean()) <= res.history[res.best_iter] * 1.01 + 1e-7
 
 
+def test_ternary_158_bits() -> None:
+    w = _student_t((32, 320), 13)
+    qw = HQQ.quantize(w, 1.58, 64)
+    assert set(qw.codes().unique().tolist()) <= {0, 1, 2}
+    assert qw.bits_per_weight == pytest.approx(1.6 + 32 / 64)   # base-3 packing, 5 codes per byte
+    e1, e158, e2 = (_rel(w, HQQ.quantize(w, b, 64).dequantize()) for b in (1, 1.58, 2))
+    assert e2 < e158 < e1
+
+
 def test_round_zero_keeps_integer_zero_points() -> None:
     w = _student_t((16, 128), 1)
     _, res = quantize_hqq(w, 3, 64, round_zero=True)
@@ -228,6 +237,14 @@ def test_within_one_percent_of_the_hqq_package(dist: str, bits: int) -> None:
     ref = HQQQuantizer.dequantize(w_q, meta).float()
     ours = HQQ.quantize(w, bits, 64).dequantize()
     assert _rel(w, ours) <= 1.01 * _rel(w, ref)
+
+
+@needs_hqq
+def test_ternary_matches_the_package_definition() -> None:
+    w = _student_t((128, 512), 14)
+    w_q, meta = HQQQuantizer.quantize(w, nbits=1.58, group_size=64, axis=1, optimize=True, device="cpu")
+    ref = HQQQuantizer.dequantize(w_q, meta).float()
+    assert _rel(w, HQQ.quantize(w, 1.58, 64).dequantize()) <= 1.01 * _rel(w, ref)
 
 
 @needs_hqq

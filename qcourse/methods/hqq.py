@@ -27,11 +27,12 @@ Where this implementation follows which version of the authors' code (``hqq/core
 * ``round_zero=True`` rounds the zero at initialisation (as the package does) *and* after every zero step
   (a projected step, so the returned zero really is an integer; the package rounds only the init).
 * Group sizes: any positive divisor of the grouped dimension (the package requires multiples of 8; its
-  recommended range is 16–256). Bits: integers 1–8.
+  recommended range is 16–256). Bits: integers 1–8, and ``1.58``: three codes {0, 1, 2} on the same
+  affine grid (the package's definition, ``round(2^1.58 − 1) = 2``), packed base-3 at 1.6 bits per code.
 
 Storage: packed ``b``-bit codes + fp16 scale ``1/s'`` + fp16 (float) zero per group, so
-``bits_per_weight = b + 32/g`` (``4.5`` at 4 bits, group 64). Codes are recomputed with the stored fp16
-parameters so what is stored is what was optimised for.
+``bits_per_weight = b + 32/g`` (``4.5`` at 4 bits, group 64; ``1.6 + 32/g`` for ternary). Codes are
+recomputed with the stored fp16 parameters so what is stored is what was optimised for.
 
 ``hqq-lsq`` is the seed article's simplified "HQQ": alternate rounding with a least-squares refit of
 scale *and* zero per group (:func:`lsq_refit`). It is a different algorithm (L2, scale moves, no
@@ -57,6 +58,7 @@ import torch
 from qcourse import grouping
 from qcourse.methods.base import Method, check_weight
 from qcourse.methods.rtn import AffineQuantizedWeight, round_scale
+from qcourse.packing import TERNARY
 
 __all__ = [
     "shrink_lp", "zero_step", "init_minmax", "optimize", "lsq_refit", "HQQResult", "quantize_hqq",
@@ -107,10 +109,15 @@ def zero_step(w: torch.Tensor, w_q: torch.Tensor, w_e: torch.Tensor, scale_inv: 
     return torch.mean(w_q - (w - w_e) * scale_inv, dim=-1, keepdim=True)
 
 
-def _check_bits(bits: Any) -> int:
-    if isinstance(bits, bool) or not isinstance(bits, int) or not 1 <= bits <= 8:
-        raise ValueError(f"bits must be an int from 1 to 8 for HQQ; got {bits!r}")
+def _check_bits(bits: Any) -> float:
+    if isinstance(bits, bool) or not (bits == TERNARY or (isinstance(bits, int) and 1 <= bits <= 8)):
+        raise ValueError(f"bits must be an int from 1 to 8, or 1.58 (ternary), for HQQ; got {bits!r}")
     return bits
+
+
+def _maxq(bits: float) -> int:
+    """Largest code: ``2^b − 1``; ternary (1.58) has the three codes 0, 1, 2, as in the package."""
+    return 2 if _check_bits(bits) == TERNARY else 2 ** int(bits) - 1
 
 
 def init_minmax(w: torch.Tensor, bits: int, round_zero: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -121,7 +128,7 @@ def init_minmax(w: torch.Tensor, bits: int, round_zero: bool = False) -> tuple[t
     >>> s.flatten().tolist(), z.flatten().tolist()     # 3/3 and −(−1)·1; a flat group gets s' = 1
     ([1.0, 1.0], [1.0, -3.0])
     """
-    maxq = 2 ** _check_bits(bits) - 1
+    maxq = _maxq(bits)
     lo = w.amin(dim=-1, keepdim=True)
     hi = w.amax(dim=-1, keepdim=True)
     denom = hi - lo
@@ -173,7 +180,7 @@ def optimize(w: torch.Tensor, scale_inv: torch.Tensor, zero: torch.Tensor, bits:
     >>> res.history[res.best_iter] < res.history[0]        # better than the min–max zero
     True
     """
-    _check_bits(bits)
+    maxq = _maxq(bits)
     if not (isinstance(iters, int) and not isinstance(iters, bool) and iters >= 0):
         raise ValueError(f"iters must be a non-negative int; got {iters!r}")
     if not (isinstance(kappa, int | float) and kappa >= 1):
@@ -182,7 +189,6 @@ def optimize(w: torch.Tensor, scale_inv: torch.Tensor, zero: torch.Tensor, bits:
         raise ValueError(f"beta must be a positive number; got {beta!r}")
     if not (isinstance(p, int | float) and 0 < p <= 1):
         raise ValueError(f"p must be in (0, 1]; got {p!r}")
-    maxq = 2**bits - 1
     w = w.float()
     scale_inv = scale_inv.float()
     z = zero.float()
@@ -235,7 +241,7 @@ def lsq_refit(w: torch.Tensor, bits: int, iters: int = 20) -> tuple[torch.Tensor
     >>> min(hist) <= hist[0]
     True
     """
-    maxq = 2 ** _check_bits(bits) - 1
+    maxq = _maxq(bits)
     w = w.float()
     s, z = init_minmax(w, bits)
     best_err = torch.full((w.shape[0], 1), float("inf"))
@@ -265,7 +271,7 @@ def _store(w: torch.Tensor, groups: torch.Tensor, scale_inv: torch.Tensor, zero:
     zero16 = zero.to(torch.float16)
     if not torch.isfinite(zero16).all():
         raise ValueError("w has a group whose zero point overflows float16; rescale the weight")
-    codes = torch.round(groups / scale16 + zero16.float()).clamp_(0, 2**bits - 1)
+    codes = torch.round(groups / scale16 + zero16.float()).clamp_(0, _maxq(bits))
     codes = grouping.from_groups(codes, tuple(w.shape), group_size, axis)
     return AffineQuantizedWeight(codes.to(torch.uint8), bits, group_size, axis, scale16, zero16)
 
@@ -296,6 +302,11 @@ def quantize_hqq(w: torch.Tensor, bits: int, group_size: int | None = 64, **opti
     return _store(w, groups, scale_inv, zero, bits, group_size, axis), result
 
 
+def _as_bits(bits: float) -> float:
+    """The registry may pass 4.0 for 4; keep 1.58 as is."""
+    return TERNARY if bits == TERNARY else int(bits)
+
+
 class HQQ(Method):
     """HQQ proximal solver; options ``p, beta, kappa, iters, early_stop, tol, axis, round_zero, optimize``."""
 
@@ -307,7 +318,7 @@ class HQQ(Method):
         """
         if bits not in self.supported_bits:
             raise ValueError(f"bits must be one of {list(self.supported_bits)} for {self.name}; got {bits!r}")
-        qw, result = quantize_hqq(w, int(bits), group_size, **options)
+        qw, result = quantize_hqq(w, _as_bits(bits), group_size, **options)
         qw.history = [] if result is None else result.history
         return qw
 
@@ -326,17 +337,17 @@ class HQQLSQ(Method):
         axis = options.get("axis", 1)
         grouping.check_layout(tuple(w.shape), group_size, axis)
         groups = grouping.to_groups(w.float(), group_size, axis).contiguous()
-        scale_inv, zero, history = lsq_refit(groups, int(bits), options.get("iters", 20))
-        qw = _store(w, groups, scale_inv, zero, int(bits), group_size, axis)
+        scale_inv, zero, history = lsq_refit(groups, _as_bits(bits), options.get("iters", 20))
+        qw = _store(w, groups, scale_inv, zero, _as_bits(bits), group_size, axis)
         qw.history = history
         return qw
 
 
 METHODS = {
-    "hqq": HQQ(name="hqq", supported_bits=(1, 2, 3, 4, 5, 6, 7, 8),
+    "hqq": HQQ(name="hqq", supported_bits=(1, TERNARY, 2, 3, 4, 5, 6, 7, 8),
                description="half-quadratic quantization: L_p (p<1) proximal zero-point solver, float zero",
                defaults=dict(DEFAULTS)),
-    "hqq-lsq": HQQLSQ(name="hqq-lsq", supported_bits=(1, 2, 3, 4, 5, 6, 7, 8),
+    "hqq-lsq": HQQLSQ(name="hqq-lsq", supported_bits=(1, TERNARY, 2, 3, 4, 5, 6, 7, 8),
                       description="seed article's simplified HQQ: least-squares refit of scale and zero",
                       defaults={"iters": 20, "axis": 1}),
 }
