@@ -535,3 +535,14 @@ def test_student_t_like_and_error_table() -> None:
     assert by["nvfp4"]["granularity"] == "block16"
     with pytest.raises(ValueError, match="empty"):
         F.error_table({})
+
+
+def test_block_scale_ranges_mxfp4_vs_nvfp4() -> None:
+    # NVFP4's E4M3 block scales cover ~5 decades below the tensor's max; E8M0 covers 2**-127..2**127
+    gen = torch.Generator().manual_seed(9)
+    wide = torch.randn(64, 32, generator=gen) * torch.logspace(-3, 3, 64)[:, None]
+    err = {f: ((F.quantize(wide, f) - wide) ** 2).sum(1) / (wide**2).sum(1) for f in ("mxfp4", "nvfp4")}
+    assert err["nvfp4"][0].item() == 1.0 and err["mxfp4"][0].item() < 0.05
+    narrow = wide[24:40]  # about 1.5 decades: NVFP4 is the more accurate of the two
+    nv, mx = (F.relative_mse(narrow, F.quantize(narrow, f)) for f in ("nvfp4", "mxfp4"))
+    assert nv < mx
