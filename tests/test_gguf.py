@@ -301,6 +301,29 @@ def test_bad_files_are_refused(tmp_path: Path) -> None:
         qg.load_gguf(write_gguf(tmp_path / "extra.gguf", model, extra_tensor="rope_freqs.weight"))
 
 
+def test_reloads_share_the_header_but_not_the_weights(tmp_path: Path) -> None:
+    path = write_gguf(tmp_path / "tiny.gguf", tiny_model())
+    a, b = qg.load_gguf(path), qg.load_gguf(path)
+    assert qg._header(path) is qg._header(path)
+    assert a.tokenizer is b.tokenizer  # stateless, so sharing it also shares corpus encodings
+    with torch.no_grad():
+        a.layers[0].mlp.up_proj.weight.add_(1.0)
+        a.norm.weight.mul_(2.0)  # F32 tensors are copies of the memory map, not views
+    assert not torch.equal(a.layers[0].mlp.up_proj.weight, b.layers[0].mlp.up_proj.weight)
+    assert not torch.equal(a.norm.weight, b.norm.weight)
+    assert torch.equal(qg.load_gguf(path).norm.weight, b.norm.weight)
+
+
+def test_field_contents_fallback_for_old_gguf(tmp_path: Path) -> None:
+    """``_contents`` decodes fields the same way without ``ReaderField.contents`` (gguf < 0.11)."""
+    from types import SimpleNamespace
+
+    reader = gguf.GGUFReader(write_gguf(tmp_path / "tiny.gguf", tiny_model()))
+    for key, f in reader.fields.items():
+        bare = SimpleNamespace(parts=f.parts, data=f.data, types=f.types)
+        assert qg._contents(bare) == f.contents(), key
+
+
 def test_missing_wheel_message(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.metadata
 
