@@ -15,8 +15,9 @@ A learner who has a higher-precision LLaMA-style GGUF (F32/F16/BF16/Q8_0) can pa
 
 Layout details the loader takes care of:
 
-* GGUF lists tensor dimensions fastest-first (``ne = [in_features, out_features]``); ``gguf``'s reader
-  already returns row-major ``[out, in]`` arrays, which is ``nn.Linear``'s layout.
+* GGUF lists tensor dimensions fastest-first (``ne = [in_features, out_features]``), so a matrix is
+  stored row-major ``[out, in]`` (``nn.Linear``'s layout) and each quantization group of 32 runs along
+  one output row, over consecutive input features.
 * llama.cpp applies rotary embeddings to *adjacent* pairs ``(2i, 2i+1)`` of each head, while this model
   (like Hugging Face) rotates pairs ``(i, i + d/2)``. ``convert_hf_to_gguf.py`` therefore permutes the rows
   of ``q_proj`` and ``k_proj`` per head; :func:`unpermute_qk` undoes it, so the rotate-half model computes
