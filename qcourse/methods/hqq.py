@@ -2,7 +2,8 @@
 
 HQQ keeps RTN's affine grid but chooses the zero point so that the quantization error is *sparse*: it
 minimises ``‖W − Q⁻¹(Q(W))‖_p^p`` with ``p < 1`` (a heavy-tailed, hyper-Laplacian error model that lets a
-few weights be far off if most are close), which no gradient method handles well. Half-quadratic
+few weights be far off if most are close); the authors note that L_p with p < 1 "fails with SGD", hence
+a proximal solver. Half-quadratic
 splitting introduces an auxiliary error ``W_e`` and alternates two closed-form steps, with the scale held
 fixed at its min–max value (REFERENCE §1.3):
 
@@ -31,8 +32,9 @@ Where this implementation follows which version of the authors' code (``hqq/core
   affine grid (the package's definition, ``round(2^1.58 − 1) = 2``), packed base-3 at 1.6 bits per code.
 
 Storage: packed ``b``-bit codes + fp16 scale ``1/s'`` + fp16 (float) zero per group, so
-``bits_per_weight = b + 32/g`` (``4.5`` at 4 bits, group 64; ``1.6 + 32/g`` for ternary). Codes are
-recomputed with the stored fp16 parameters so what is stored is what was optimised for.
+``bits_per_weight = b + 32/g`` (``4.5`` at 4 bits, group 64; ``1.6 + 32/g`` for ternary). After the
+solver, scale (rounded up) and zero are rounded to fp16 and the codes recomputed with them, so the stored
+codes are exactly the rounding of ``W`` on the stored grid.
 
 ``hqq-lsq`` is the seed article's simplified "HQQ": alternate rounding with a least-squares refit of
 scale *and* zero per group (:func:`lsq_refit`). It is a different algorithm (L2, scale moves, no
