@@ -26,9 +26,9 @@ CUDA's ``__NV_SATFINITE``). ``saturate=False`` is the non-saturating mode: overf
 with infinities (IEEE formats, E5M2) and NaN in E4M3, which has no infinity. "Overflow" means that the
 value *after* RNE exceeds max: in E4M3, 464 (exactly half-way between 448 and the would-be 480) rounds to 448.
 E2M1 has neither inf nor NaN and always saturates. Each format has a default: torch's casts to
-``float8_e4m3fn`` saturate since PyTorch PR #178817 (April 2026, torch 2.12+; older torch and
-``ml_dtypes`` return NaN), so :data:`E4M3` saturates by default and agrees with the installed torch bit for
-bit; the IEEE formats and E5M2 do not saturate by default, as torch.
+``float8_e4m3fn`` saturate since PyTorch PR #178817 (April 2026; the torch 2.13 used here does; older
+torch and ``ml_dtypes`` return NaN), so :data:`E4M3` saturates by default and agrees with the installed
+torch bit for bit; the IEEE formats and E5M2 do not saturate by default, as torch.
 
 >>> E4M3.round(torch.tensor([0.3, 300.0, 465.0, 1e6])).tolist()
 [0.3125, 288.0, 448.0, 448.0]
@@ -392,7 +392,7 @@ FLOAT_FORMATS: dict[str, FloatFormat] = {
     "fp32": FP32, "bf16": BF16, "fp16": FP16, "fp8_e4m3": E4M3, "fp8_e5m2": E5M2, "fp4_e2m1": E2M1,
 }
 
-#: E8M0 scale pattern meaning NaN (OCP MX v1.0 §5.4)
+#: E8M0 scale pattern meaning NaN (OCP Microscaling Formats (MX) v1.0 specification)
 E8M0_NAN = 0xFF
 
 
@@ -485,11 +485,12 @@ def _check_blocks(x: torch.Tensor, block: int, name: str) -> None:
 def mxfp4_encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """OCP MXFP4: E2M1 element codes and one E8M0 scale code per 32 consecutive values.
 
-    Per block (OCP Microscaling Formats MX v1.0, §6.3): ``X = 2**(floor(log2(amax)) - 2)`` (2 is E2M1's
-    largest exponent), elements ``P_i = E2M1(V_i / X)`` with RNE and clamping to ±6. So ``amax / X``
-    lies in [4, 8): the largest values of a block may be clamped to 6X. The scale is stored as the
-    E8M0 code ``exponent + 127`` (clamped to the code range 0..254); a block holding NaN or ±inf gets
-    the NaN scale code 0xFF (an all-zero block gets code 0 — any scale decodes it to zeros).
+    Per block (the conversion algorithm of the OCP Microscaling Formats (MX) v1.0 specification):
+    ``X = 2**(floor(log2(amax)) - 2)`` (2 is E2M1's largest exponent), elements ``P_i = E2M1(V_i / X)``
+    with RNE and clamping to ±6. So ``amax / X`` lies in [4, 8): the largest values of a block may be
+    clamped to 6X. The scale is stored as the E8M0 code ``exponent + 127`` (clamped to 0..254); a block
+    holding NaN or ±inf gets the NaN scale code 0xFF (an all-zero block gets code 0: any scale decodes
+    it to zeros).
 
     Returns
     -------

@@ -29,7 +29,7 @@ def random_f32(n: int, seed: int) -> torch.Tensor:
 
 
 def torch_e4m3_saturates() -> bool:
-    """torch ≥ 2.12 (PR #178817) saturates finite overflow to 448; older torch gives NaN."""
+    """torch after PR #178817 (April 2026; 2.13 here) saturates overflow to 448; older torch gives NaN."""
     return int(torch.tensor([1e6]).to(torch.float8_e4m3fn).view(torch.uint8)) == 0x7E
 
 
