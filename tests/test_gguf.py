@@ -497,12 +497,12 @@ def test_smollm2_generates_english(smollm2) -> None:
     from qcourse.lm.evaluate import generate
 
     prompt = "It is a truth universally acknowledged, that"
-    text = generate(smollm2, prompt, n=40, greedy=True)
+    text = generate(smollm2, prompt, n=30, greedy=True)
     print("\n" + text)
     assert text.startswith(prompt) and "\ufffd" not in text
     words = re.findall(r"[A-Za-z']+|\S", text[len(prompt) :])
     alpha = [w for w in words if re.fullmatch(r"[A-Za-z']+", w)]
-    assert len(alpha) >= 20 and len(alpha) / len(words) > 0.75
+    assert len(alpha) >= 15 and len(alpha) / len(words) > 0.75
     common = {"the", "a", "of", "and", "is", "to", "that", "in", "it", "be", "by", "are", "for", "with"}
     assert sum(w.lower() in common for w in alpha) >= 4
 
