@@ -213,17 +213,21 @@ def test_generate_bad_arguments(kwargs, exc, match):
 # --- training -------------------------------------------------------------------------------------------
 
 
-def _tiny_train(out=None, steps: int = 4) -> dict:
+def _tiny_train(out=None, steps: int = 4, threads: int = 1) -> dict:
     tc = TrainConfig(
         steps=steps, batch_size=4, seq_len=32, warmup_steps=2, eval_every=2, eval_tokens=256,
-        final_eval_tokens=512, threads=1,
+        final_eval_tokens=512, threads=threads,
     )  # fmt: skip
     return train(TINY, tc, out=out, progress=False)
 
 
-def test_training_is_bit_for_bit_deterministic(tmp_path):
-    r1 = _tiny_train(tmp_path / "a")
-    r2 = _tiny_train(tmp_path / "b")
+@pytest.mark.parametrize("threads", [1, 2])
+def test_training_is_bit_for_bit_deterministic(tmp_path, threads):
+    before = torch.get_num_threads()
+    r1 = _tiny_train(tmp_path / "a", threads=threads)
+    r2 = _tiny_train(tmp_path / "b", threads=threads)
+    assert torch.get_num_threads() == before  # the recipe's thread count is restored afterwards
+    assert r1["machine"]["threads"] == threads
     s1, s2 = r1["model"].state_dict(), r2["model"].state_dict()
     assert all(torch.equal(s1[k], s2[k]) for k in s1)
     assert r1["sha256"] == r2["sha256"] == sha256_file(tmp_path / "a" / "model.safetensors")

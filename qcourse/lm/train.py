@@ -264,7 +264,9 @@ def save(model: Llama, record: dict[str, Any], out: str | os.PathLike) -> str:
     out.mkdir(parents=True, exist_ok=True)
     # clone: safetensors refuses tensors that share memory (tied embedding and head)
     state = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt", "model": "qcourse-austen"})
+    # one metadata entry only: safetensors writes its metadata map in hash order, which varies between
+    # processes, so two entries would make the file's bytes (and sha256) differ for identical weights
+    save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
     digest = sha256_file(out / "model.safetensors")
     (out / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
     rec = {k: v for k, v in record.items() if k != "model"}
