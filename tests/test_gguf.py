@@ -405,6 +405,22 @@ def test_tiny_tokenizer_roundtrip_any_text(text: str) -> None:
     assert tok.decode(tok.encode(text)) == text
 
 
+@pytest.mark.parametrize(
+    "pre,pieces",
+    [
+        # llama.cpp's regexes: SmolLM2 splits every digit, GPT-2 keeps " 12345" whole and its contractions
+        # are lower-case only, Llama 3 groups digits by three and matches contractions in any case
+        ("smollm", ["abc", "Ġ", "1", "2", "3", "4", "5", "ĠI", "'", "LL", "Ġgo"]),
+        ("gpt-2", ["abc", "Ġ12345", "ĠI", "'", "LL", "Ġgo"]),
+        ("llama-bpe", ["abc", "Ġ", "123", "45", "ĠI", "'LL", "Ġgo"]),
+    ],
+)
+def test_pre_tokenizers(pre: str, pieces: list[str]) -> None:
+    tok = qg.GGUFTokenizer(*tiny_vocab(), pre=pre)
+    assert [p for p, _ in tok._tk.pre_tokenizer.pre_tokenize_str("abc 12345 I'LL go")] == pieces
+    assert tok.decode(tok.encode("abc 12345 I'LL go")) == "abc 12345 I'LL go"
+
+
 def test_tokenizer_specials_and_errors() -> None:
     tok = tiny_tokenizer()
     assert tok.encode("<|im_start|>the<|im_end|>")[0] == 1 and tok.encode("x<|im_end|>")[-1] == 2
