@@ -89,6 +89,7 @@ def test_json_schema_and_values(tiny):
         "sequences": 3,
         "seq_len": 16,
         "true_sequential": False,
+        "gram_dtype": "float64",
     }
     assert [(r["method"], r["bits"]) for r in result["rows"]] == [
         ("toy", 2),
@@ -165,10 +166,24 @@ def test_true_sequential_flag_reaches_calibrated_methods_only(tiny, monkeypatch)
     real = qcourse.nn.quantize_model
 
     def spy(model, method, **kwargs):
-        calls.append((method.name, kwargs["true_sequential"], kwargs["calib"] is not None))
+        calls.append(
+            (method.name, kwargs["true_sequential"], kwargs["calib"] is not None, kwargs["gram_dtype"])
+        )
         return real(model, method, **kwargs)
 
     monkeypatch.setattr(qcourse.nn, "quantize_model", spy)
-    result = quality.main(["--methods", "toy,toy-calib", "--bits", "4", "--true-sequential", *ARGS])
-    assert result["calibration"]["true_sequential"] is True
-    assert calls == [("toy", False, False), ("toy-calib", True, True)]
+    argv = [
+        "--methods",
+        "toy,toy-calib",
+        "--bits",
+        "4",
+        "--true-sequential",
+        "--gram-dtype",
+        "float32",
+        *ARGS,
+    ]
+    result = quality.main(argv)
+    assert (
+        result["calibration"]["true_sequential"] is True and result["calibration"]["gram_dtype"] == "float32"
+    )
+    assert calls == [("toy", False, False, torch.float32), ("toy-calib", True, True, torch.float32)]

@@ -643,3 +643,23 @@ def test_package_gptq_beats_rtn_proxy_loss_on_every_layer_with_the_same_hessians
     # sequential mode runs the same method end to end and reports a calibration pass
     qmodel, seq = quantize_model(model, "gptq", bits=3, group_size=16, calib=toks, progress=False)
     assert seq.sequential and seq.calibration_seconds > 0 and torch.isfinite(qmodel(toks)).all()
+
+
+def test_float32_gram_products_agree_with_float64():
+    model, toks = llama(), tokens()
+    exact = collect_hessians(model, toks)
+    fast = collect_hessians(model, toks, gram_dtype=torch.float32)
+    for name in exact:
+        assert fast[name].dtype == torch.float64  # the running sum is float64 either way
+        scale = exact[name].abs().max()
+        assert (fast[name] - exact[name]).abs().max() <= 1e-5 * scale
+    _, r64 = quantize_model(model, toy(), bits=4, group_size=16, calib=toks, progress=False)
+    _, r32 = quantize_model(
+        model, toy(), bits=4, group_size=16, calib=toks, gram_dtype=torch.float32, progress=False
+    )
+    for a, b in zip(r64.layers, r32.layers, strict=True):
+        assert a.proxy_loss == pytest.approx(b.proxy_loss, rel=1e-4)
+    with pytest.raises(ValueError, match="gram_dtype must be torch.float64 or torch.float32"):
+        collect_hessians(model, toks, gram_dtype=torch.float16)
+    with pytest.raises(ValueError, match="gram_dtype must be"):
+        quantize_model(model, toy(), bits=4, group_size=16, gram_dtype="float32", progress=False)

@@ -187,8 +187,8 @@ class _Accumulator:
         self.sum = torch.zeros(n, n, dtype=torch.float64, device=device)
         self.count = 0
 
-    def add(self, x: torch.Tensor) -> None:
-        self.add_product(*_gram(x))
+    def add(self, x: torch.Tensor, gram_dtype: torch.dtype = torch.float64) -> None:
+        self.add_product(*_gram(x, gram_dtype))
 
     def add_product(self, xtx: torch.Tensor, rows: int) -> None:
         self.sum += xtx
@@ -198,22 +198,35 @@ class _Accumulator:
         return self.sum / self.count
 
 
-def _gram(x: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """``(xᵀx, rows)`` of ``x`` flattened to ``[rows, features]``, computed in float64."""
-    x = x.detach().reshape(-1, x.shape[-1]).to(torch.float64)
-    return x.T @ x, x.shape[0]
+def _gram(x: torch.Tensor, gram_dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, int]:
+    """``(xᵀx, rows)`` of ``x`` flattened to ``[rows, features]``, computed in ``gram_dtype``, as float64."""
+    x = x.detach().reshape(-1, x.shape[-1]).to(gram_dtype)
+    return (x.T @ x).to(torch.float64), x.shape[0]
+
+
+def check_gram_dtype(gram_dtype: torch.dtype) -> None:
+    if gram_dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"gram_dtype must be torch.float64 or torch.float32; got {gram_dtype!r}")
 
 
 @contextmanager
-def hessian_hooks(layers: dict[str, nn.Linear]) -> Iterator[dict[str, _Accumulator]]:
+def hessian_hooks(
+    layers: dict[str, nn.Linear], gram_dtype: torch.dtype = torch.float64
+) -> Iterator[dict[str, _Accumulator]]:
     """Context manager: while active, every call of a layer in ``layers`` adds its inputs to ``Σ x xᵀ``.
 
     Yields ``{name: accumulator}``; ``accumulator.mean()`` is ``H = E[x xᵀ]`` and ``accumulator.count`` the
     number of input rows (tokens) seen. The hooks are removed on exit, even after an error.
 
     Layers fed the very same input tensor one after another (``q/k/v_proj``, ``gate/up_proj`` in a LLaMA
-    block) share one ``xᵀx`` product: the float64 Gram matrix is the dominant cost of calibration.
+    block) share one ``xᵀx`` product: the Gram matrix is the dominant cost of calibration.
+
+    ``gram_dtype`` is the precision of each batch's product ``xᵀx``; the running sum is float64 either way.
+    ``torch.float64`` (default) is exact to double precision; ``torch.float32`` is about 3× faster on CPU,
+    differs by ~1e-6 relative, and is still more precise than the GPTQ reference, which keeps all of ``H``
+    in float32.
     """
+    check_gram_dtype(gram_dtype)
     accs = {name: _Accumulator(m.in_features, m.weight.device) for name, m in layers.items()}
     handles = []
     # last input seen and its product; holding the tensor keeps its identity from being reused
@@ -223,7 +236,7 @@ def hessian_hooks(layers: dict[str, nn.Linear]) -> Iterator[dict[str, _Accumulat
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0]
             if last["x"] is not x or last["version"] != x._version:
-                last.update(x=x, version=x._version, product=_gram(x))
+                last.update(x=x, version=x._version, product=_gram(x, gram_dtype))
             acc.add_product(*last["product"])  # type: ignore[misc]
 
         return hook
@@ -271,6 +284,7 @@ def collect_hessians(
     exclude: Patterns = None,
     batch_size: int = 8,
     progress: bool = False,
+    gram_dtype: torch.dtype = torch.float64,
 ) -> dict[str, torch.Tensor]:
     """``H = E[x xᵀ]`` of the inputs of each selected ``nn.Linear``, over all calibration tokens, in float64.
 
@@ -287,6 +301,8 @@ def collect_hessians(
         Sequences per forward pass (memory, not the result, depends on it).
     progress
         Show a progress bar over batches.
+    gram_dtype
+        Precision of each batch's ``xᵀx`` (see :func:`hessian_hooks`); sums are float64 either way.
 
     Returns
     -------
@@ -316,7 +332,7 @@ def collect_hessians(
     device = _device(model)
     batches = list(_batches(data, batch_size))
     try:
-        with torch.no_grad(), hessian_hooks(layers) as accs:
+        with torch.no_grad(), hessian_hooks(layers, gram_dtype) as accs:
             if progress:
                 from tqdm.auto import tqdm
 

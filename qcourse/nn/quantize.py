@@ -43,6 +43,7 @@ from qcourse.nn.calibration import (
     _check_batch_size,
     _device,
     check_calibration,
+    check_gram_dtype,
     finish,
     hessian_hooks,
     linear_layers,
@@ -234,6 +235,7 @@ def quantize_model(
     true_sequential: bool = False,
     batch_size: int = 8,
     cache: bool = True,
+    gram_dtype: torch.dtype = torch.float64,
     **method_options: Any,
 ) -> tuple[nn.Module, QuantReport]:
     """Quantize every selected ``nn.Linear`` of ``model`` with ``method``; return ``(qmodel, report)``.
@@ -277,6 +279,9 @@ def quantize_model(
         Calibration sequences per forward pass.
     cache
         Passed to :class:`QuantLinear` (``True`` keeps a decoded float copy of each weight for speed).
+    gram_dtype
+        Precision of each calibration batch's ``xᵀx``: ``torch.float64`` (default) or ``torch.float32``
+        (about 3× faster on CPU, ~1e-6 relative difference; see :func:`~qcourse.nn.hessian_hooks`).
     **method_options
         Extra keyword arguments for the method (e.g. ``act_order=True`` for GPTQ).
 
@@ -316,6 +321,7 @@ def quantize_model(
     if sequential is not None and not isinstance(sequential, bool):
         raise TypeError(f"sequential must be None, True or False; got {sequential!r}")
     _check_batch_size(batch_size)
+    check_gram_dtype(gram_dtype)
     selected = linear_layers(model, include, exclude)
     for name, lin in selected.items():
         try:
@@ -411,12 +417,12 @@ def quantize_model(
                 quantize_one(name, None)
         elif use_sequential:
             calib_seconds = _sequential(
-                model, names, selected, calib, batch_size, quantize_one, bar, true_sequential
+                model, names, selected, calib, batch_size, quantize_one, bar, true_sequential, gram_dtype
             )
         else:
             t0 = time.perf_counter()
             device = _device(model)
-            with torch.no_grad(), hessian_hooks(selected) as accs:
+            with torch.no_grad(), hessian_hooks(selected, gram_dtype) as accs:
                 for b in _batches(calib, batch_size):
                     model(b.to(device))
             hessians = finish(accs)
@@ -476,6 +482,7 @@ def _sequential(
     quantize_one: Callable[[str, torch.Tensor | None], None],
     bar: Any,
     true_sequential: bool = False,
+    gram_dtype: torch.dtype = torch.float64,
 ) -> float:
     """Block-by-block calibration of a Llama (GPTQ's ``llama_sequential``); returns seconds spent in passes.
 
@@ -514,7 +521,7 @@ def _sequential(
                 if bar is not None:
                     bar.set_postfix_str(f"block {i}")
                 t0 = time.perf_counter()
-                with hessian_hooks({nm: selected[nm] for nm in stage}) as accs:
+                with hessian_hooks({nm: selected[nm] for nm in stage}, gram_dtype) as accs:
                     for b in _batches(hidden, batch_size):
                         block(b, cos, sin)
                 hessians = finish(accs)
@@ -530,7 +537,7 @@ def _sequential(
             # the head's input is norm(hidden): accumulate it directly, no [n, t, vocab] logits needed
             acc = _Accumulator(model.lm_head.in_features, hidden.device)
             for b in _batches(hidden, batch_size):
-                acc.add(model.norm(b))
+                acc.add(model.norm(b), gram_dtype)
             spent += time.perf_counter() - t0
             quantize_one("lm_head", acc.mean())
     return spent
