@@ -68,6 +68,32 @@ def test_stem_follows_layout(path):
         f"{path.relative_to(ROOT)}: name must be NN_slug.ipynb")
 
 
+LESSONS = [p for p in NOTEBOOKS if p.parent.name == "notebooks"]
+
+
+@pytest.mark.parametrize("path", LESSONS or [None], ids=lambda p: p.name if p else "none")
+@pytest.mark.skipif(not LESSONS, reason="no lessons committed yet")
+def test_lesson_follows_template(path):
+    """title · goals · prerequisites and time · setup cell · sections with asserts · summary · questions."""
+    nb = nbformat.read(path, as_version=4)
+    name = path.relative_to(ROOT)
+    first = nb.cells[0]
+    assert first.cell_type == "markdown" and first.source.startswith(f"# {path.stem[:2]} · "), (
+        f"{name}: the first cell must be the title, '# {path.stem[:2]} · ...'")
+    intro = " ".join(c.source for c in nb.cells[:3]).lower()
+    assert "estimated time" in intro and "prerequisite" in intro, (
+        f"{name}: state prerequisites and the estimated time at the top")
+    setup = [c for c in nb.cells[:4] if c.cell_type == "code"]
+    assert setup and "seed_everything(" in setup[0].source, (
+        f"{name}: the first code cell is the setup cell and calls qcourse.notebook.seed_everything")
+    markdown = [c.source for c in nb.cells if c.cell_type == "markdown"]
+    headings = [ln.strip().lower() for src in markdown for ln in src.splitlines() if ln.startswith("#")]
+    for want in ("## summary", "## check your understanding"):
+        assert want in headings, f"{name}: missing a '{want}' section"
+    assert any(re.search(r"^\s*assert ", c.source, re.M) for c in nb.cells if c.cell_type == "code"), (
+        f"{name}: a lesson checks its claims with asserts")
+
+
 def test_code_line_count():
     assert _code_lines("") == 0
     assert _code_lines("x = 1\n") == 1
