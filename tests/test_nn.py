@@ -663,3 +663,10 @@ def test_float32_gram_products_agree_with_float64():
         collect_hessians(model, toks, gram_dtype=torch.float16)
     with pytest.raises(ValueError, match="gram_dtype must be"):
         quantize_model(model, toy(), bits=4, group_size=16, gram_dtype="float32", progress=False)
+
+
+def test_hessians_under_inference_mode():
+    model, x = mlp(), torch.randn(6, 32)
+    with torch.inference_mode():
+        H = collect_hessians(model, x)
+    torch.testing.assert_close(H["fc1"], x.double().T @ x.double() / 6, rtol=1e-12, atol=1e-12)

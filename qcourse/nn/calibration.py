@@ -204,6 +204,14 @@ def _gram(x: torch.Tensor, gram_dtype: torch.dtype = torch.float64) -> tuple[tor
     return (x.T @ x).to(torch.float64), x.shape[0]
 
 
+def _version(x: torch.Tensor) -> int | None:
+    """In-place modification counter; ``None`` for inference-mode tensors, which have none (never reuse)."""
+    try:
+        return x._version
+    except RuntimeError:
+        return None
+
+
 def check_gram_dtype(gram_dtype: torch.dtype) -> None:
     if gram_dtype not in (torch.float32, torch.float64):
         raise ValueError(f"gram_dtype must be torch.float64 or torch.float32; got {gram_dtype!r}")
@@ -235,8 +243,9 @@ def hessian_hooks(
     def make_hook(acc: _Accumulator):
         def hook(module: nn.Module, args: tuple) -> None:
             x = args[0]
-            if last["x"] is not x or last["version"] != x._version:
-                last.update(x=x, version=x._version, product=_gram(x, gram_dtype))
+            version = _version(x)
+            if last["x"] is not x or version is None or last["version"] != version:
+                last.update(x=x, version=version, product=_gram(x, gram_dtype))
             acc.add_product(*last["product"])  # type: ignore[misc]
 
         return hook
