@@ -1,0 +1,226 @@
+"""Checks for lesson 02 (RTN, HQQ, GPTQ): group RTN, HQQ's shrinkage and zero step, GPTQ's column step.
+
+Each check runs the learner's function and the reference from :mod:`qcourse.methods` on seeded and
+adversarial inputs (zeros, a constant group, one huge outlier, extreme magnitudes, odd shapes) and prints
+what differs.
+
+>>> import torch
+>>> check_shrink_lp(reference_shrink_lp, verbose=False).status
+'passed'
+>>> wrong = lambda x, beta, p: torch.sign(x) * (x.abs() - x.abs() ** p / beta).clamp_min(0)
+>>> check_shrink_lp(wrong, verbose=False).status          # exponent p instead of p − 1
+'failed'
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from qcourse.checks._harness import Case, CheckResult, run_check
+from qcourse.methods import gptq, hqq, rtn
+
+__all__ = [
+    "check_quantize_groups", "check_shrink_lp", "check_zero_step", "check_gptq_column_step",
+    "reference_quantize_groups", "reference_shrink_lp", "reference_zero_step", "reference_gptq_column_step",
+]
+
+
+# ---- references --------------------------------------------------------------------------------------
+
+def reference_quantize_groups(w: torch.Tensor, bits: int, group_size: int
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Asymmetric min–max RTN per group of ``group_size`` consecutive inputs (float32 scale).
+
+    Returns ``(codes uint8 [out, in], scale [out, in/g], zero [out, in/g])`` with integer zeros, exactly
+    :func:`qcourse.methods.rtn.quantize_groups` with ``scale_dtype=None``.
+
+    >>> codes, scale, zero = reference_quantize_groups(torch.tensor([[-1.0, 0.0, 0.7, 2.0]]), 2, 4)
+    >>> codes.tolist(), scale.tolist(), zero.tolist()
+    ([[0, 1, 2, 3]], [[1.0]], [[1.0]])
+    """
+    return rtn.quantize_groups(w, bits, group_size)
+
+
+def reference_shrink_lp(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
+    """HQQ's generalized soft threshold ``sign(x)·max(|x| − |x|^(p−1)/β, 0)`` (:func:`hqq.shrink_lp`).
+
+    >>> reference_shrink_lp(torch.tensor([-2.0, 0.05]), 10.0, 1.0).tolist()
+    [-1.899999976158142, 0.0]
+    """
+    return hqq.shrink_lp(x, beta, p)
+
+
+def reference_zero_step(w: torch.Tensor, w_q: torch.Tensor, w_e: torch.Tensor,
+                        scale_inv: torch.Tensor) -> torch.Tensor:
+    """HQQ's zero update ``mean over each group (row) of W_q − (W − W_e)·s'``, ``[G, 1]``.
+
+    >>> reference_zero_step(torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 3.0]]), torch.zeros(1, 2),
+    ...                     torch.tensor([[2.0]])).tolist()
+    [[0.5]]
+    """
+    return hqq.zero_step(w, w_q, w_e, scale_inv)
+
+
+def reference_gptq_column_step(w_block: torch.Tensor, i: int, u_row: torch.Tensor, scale: torch.Tensor,
+                               zero: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """One GPTQ inner step: round column ``i`` on its row's grid, then feed the error forward.
+
+    ``q = scale·(clamp(round(w_i/scale) + zero, 0, 2^b − 1) − zero)`` with one ``scale``/``zero`` per row
+    (``[rows]``); ``err = (w_i − q)/U_ii``; columns ``j ≥ i`` move by ``−err·U_ij``. Returns
+    ``(updated block, err)``; the input is not modified.
+
+    >>> w = torch.tensor([[0.4, 1.0]], dtype=torch.float64)
+    >>> new, err = reference_gptq_column_step(w, 0, torch.tensor([2.0, 1.0], dtype=torch.float64),
+    ...                                       torch.tensor([1.0], dtype=torch.float64),
+    ...                                       torch.tensor([0.0], dtype=torch.float64), 2)
+    >>> new.tolist(), err.tolist()          # q = 0, err = 0.4/2, column 1 moves by −0.2
+    ([[0.0, 0.8]], [0.2])
+    """
+    s, z = scale[:, None], zero[:, None]
+    codes = rtn.quantize_to_grid(w_block[:, i:i + 1], s, z, bits)
+    q = rtn.dequantize_grid(codes, s, z)[:, 0]
+    return gptq.column_update(w_block, i, q, u_row)
+
+
+# ---- inputs ------------------------------------------------------------------------------------------
+
+def _student_t(gen: torch.Generator, shape: tuple[int, ...], df: int = 3) -> torch.Tensor:
+    """Heavy-tailed weights from a seeded generator: z / sqrt(chi²_df / df)."""
+    chi = torch.randn((df, *shape), generator=gen).pow(2).mean(0)
+    return torch.randn(shape, generator=gen) / chi.sqrt()
+
+
+def _rtn_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(0)
+    outlier = torch.randn(4, 64, generator=gen) * 0.02
+    outlier[1, 5] = 3.0
+    constant = torch.randn(3, 32, generator=gen)
+    constant[0, :16] = 0.25       # one group holding a single positive value
+    constant[1, 16:] = -1.5       # and one holding a single negative value
+    constant[2, :16] = 0.0        # and an all-zero group
+    one_signed = torch.rand(2, 16, generator=gen) + 1.0   # every weight in [1, 2): the zero clamps at 0
+    return [
+        Case("seeded Gaussian 8×128, 4 bits, group 64", (torch.randn(8, 128, generator=gen), 4, 64)),
+        Case("seeded Student-t 16×64, 2 bits, group 32", (_student_t(gen, (16, 64)) * 0.02, 2, 32)),
+        Case("3 bits, group 16", (torch.randn(5, 48, generator=gen), 3, 16)),
+        Case("all zeros (scale 1, zero 0)", (torch.zeros(2, 32), 2, 16)),
+        Case("constant and all-zero groups (range widened to reach 0)", (constant, 3, 16)),
+        Case("one huge outlier in a group", (outlier, 2, 64)),
+        Case("a group with only positive weights", (one_signed, 2, 8)),
+        Case("extreme magnitudes (1e-6 and 1e4 rows)",
+             (torch.cat([torch.randn(1, 32, generator=gen) * 1e-6, torch.randn(1, 32, generator=gen) * 1e4]),
+              4, 32)),
+        Case("odd shape 7×45, group 9, 1 bit", (torch.randn(7, 45, generator=gen), 1, 9)),
+        Case("8 bits, per-row group", (torch.randn(3, 20, generator=gen), 8, 20)),
+    ]
+
+
+def check_quantize_groups(student_fn: Callable[[torch.Tensor, int, int], tuple[torch.Tensor, ...]],
+                          verbose: bool = True) -> CheckResult:
+    """Check ``quantize_groups(w, bits, group_size) -> (codes, scale, zero)`` (asymmetric min–max RTN)."""
+    return run_check(
+        "quantize_groups", student_fn, reference_quantize_groups, _rtn_cases(), rtol=1e-6, atol=0,
+        hint="per group of `group_size` consecutive inputs: scale = (max − min)/(2^bits − 1) (there are "
+             "2^bits levels, so 2^bits − 1 steps); zero = clamp(round(−min/scale), 0, 2^bits − 1); "
+             "codes = clamp(round(w/scale) + zero, 0, 2^bits − 1) — round, not floor; a group with max = min "
+             "first widens its range to include 0, and an all-zero group uses scale = 1.",
+        verbose=verbose)
+
+
+def _shrink_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(1)
+    x = torch.randn(64, 64, generator=gen) * 0.1
+    spikes = torch.zeros(40)
+    spikes[::7] = torch.tensor([5.0, -3.0, 0.01, -0.01, 1e3, -1e-4])
+    return [
+        Case("seeded errors, p = 0.7, β = 10 (the HQQ defaults)", (x, 10.0, 0.7)),
+        Case("seeded errors, p = 1 (plain soft threshold)", (x, 10.0, 1.0)),
+        Case("p = 0.5, β = 2.5", (torch.randn(3, 5, 7, generator=gen), 2.5, 0.5)),
+        Case("large β (almost no shrinkage)", (x, 1e4, 0.7)),
+        Case("zeros (prox of 0 is 0)", (torch.zeros(4, 4), 10.0, 0.7)),
+        Case("sparse spikes and tiny values, negative signs", (spikes, 10.0, 0.7)),
+        Case("extreme magnitudes", (torch.tensor([1e-12, -1e-6, 1e6, -1e12]), 10.0, 0.7)),
+    ]
+
+
+def check_shrink_lp(student_fn: Callable[[torch.Tensor, float, float], torch.Tensor],
+                    verbose: bool = True) -> CheckResult:
+    """Check ``shrink_lp(x, beta, p) -> tensor``, HQQ's generalized soft-thresholding."""
+    return run_check(
+        "shrink_lp", student_fn, reference_shrink_lp, _shrink_cases(), rtol=1e-5, atol=1e-7,
+        hint="sign(x)·max(|x| − |x|^(p − 1)/β, 0): the exponent is p − 1 (not p), applied to |x| (a negative "
+             "base with a fractional power is NaN), divided by β, and clamped at 0 so no value changes sign; "
+             "at x = 0 the result is 0.",
+        verbose=verbose)
+
+
+def _zero_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(2)
+
+    def case(rows: int, g: int, bits: int, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+        w = torch.randn(rows, g, generator=gen) * scale
+        s, z = hqq.init_minmax(w, bits)
+        w_q = torch.round(w * s + z).clamp(0, 2**bits - 1)
+        w_e = hqq.shrink_lp(w - (w_q - z) / s, 10.0)
+        return w, w_q, w_e, s
+
+    w, w_q, w_e, s = case(4, 16, 2)
+    return [
+        Case("seeded groups 32×64, 3 bits", case(32, 64, 3)),
+        Case("2 bits, group 16", (w, w_q, w_e, s)),
+        Case("W_e = 0 (no shrinkage yet)", (w, w_q, torch.zeros_like(w), s)),
+        Case("W_e = W − Ŵ exactly (zero unchanged)", (w, w_q, w - (w_q - 0.5) / s, s)),
+        Case("one group of one weight", case(1, 1, 4)),
+        Case("extreme magnitudes", case(3, 8, 4, scale=1e4)),
+        Case("odd shape 7×9", case(7, 9, 2)),
+    ]
+
+
+def check_zero_step(student_fn: Callable[..., torch.Tensor], verbose: bool = True) -> CheckResult:
+    """Check ``zero_step(w, w_q, w_e, scale_inv) -> [G, 1]`` on groups stored as rows."""
+    return run_check(
+        "zero_step", student_fn, reference_zero_step, _zero_cases(), rtol=1e-5, atol=1e-6,
+        hint="Ŵ = (W_q − z)/s' should equal W − W_e, so z = W_q − (W − W_e)·s' for every weight; the least-"
+             "squares z is the mean of that over each group (each row, `dim=-1, keepdim=True`). Mind the "
+             "sign of W_e and multiply by the inverse scale s'.",
+        verbose=verbose)
+
+
+def _gptq_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(3)
+
+    def block(rows: int, cols: int, i: int, bits: int, spread: float = 1.0) -> tuple:
+        x = torch.randn(4 * cols, cols, generator=gen, dtype=torch.float64)
+        x = x @ torch.randn(cols, cols, generator=gen, dtype=torch.float64)   # correlated inputs
+        w = torch.randn(rows, cols, generator=gen, dtype=torch.float64) * spread
+        _, U = gptq.prepare_hessian(x.T @ x / len(x), w)
+        scale, zero = rtn.grid_params(w, bits)
+        return w, i, U[i].clone(), scale[:, 0], zero[:, 0], bits
+
+    w, _, u, s, z, _ = block(6, 8, 2, 2)
+    w_out = w.clone()
+    w_out[:, 2] = w_out[:, 2] * 3 + 2.0        # column values beyond the grid's range: the clamp matters
+    return [
+        Case("seeded block 16×12, column 0, 3 bits", block(16, 12, 0, 3)),
+        Case("column in the middle, 4 bits", block(8, 10, 4, 4)),
+        Case("last column (nothing left to update)", block(5, 6, 5, 2)),
+        Case("values beyond the grid (clamp)", (w_out, 2, u, s, z, 2)),
+        Case("all-zero block", (torch.zeros(3, 8, dtype=torch.float64), 3, u,
+                                torch.ones(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64), 2)),
+        Case("one row, 1 bit", block(1, 7, 3, 1)),
+        Case("extreme magnitudes", block(4, 9, 1, 3, spread=1e5)),
+    ]
+
+
+def check_gptq_column_step(student_fn: Callable[..., tuple[torch.Tensor, torch.Tensor]],
+                           verbose: bool = True) -> CheckResult:
+    """Check ``gptq_column_step(w_block, i, u_row, scale, zero, bits) -> (updated block, err)``."""
+    return run_check(
+        "gptq_column_step", student_fn, reference_gptq_column_step, _gptq_cases(), rtol=1e-9, atol=1e-9,
+        hint="q = scale·(clamp(round(w_i/scale) + zero, 0, 2^bits − 1) − zero) row by row; "
+             "err = (w_i − q)/U_ii (divide by the diagonal entry u_row[i]); then every column j ≥ i — "
+             "column i included, which becomes exactly q — moves by −err·U_ij. "
+             "Work on a copy and return (block, err).",
+        verbose=verbose)
