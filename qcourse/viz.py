@@ -23,6 +23,7 @@ from qcourse import formats as F
 __all__ = [
     "FIELD_COLORS", "bit_fields", "plot_bit_layouts", "plot_block_layouts", "plot_value_grids",
     "plot_relative_error", "grid_for_display", "plot_grid_over_histogram",
+    "plot_shrinkage", "plot_convergence", "plot_error_histogram", "plot_quality_vs_bits",
 ]
 
 FIELD_COLORS = {"sign": "#d62728", "exponent": "#1f77b4", "mantissa": "#2ca02c", "integer": "#9467bd",
@@ -255,5 +256,124 @@ def plot_grid_over_histogram(w: torch.Tensor, fmt: str, granularity: str | None 
     ax.set_ylabel("count (log)")
     title = caption + (f" — relative MSE {rel_mse:.3g}" if rel_mse is not None else "")
     ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ---- lesson 02: RTN, HQQ, GPTQ ----------------------------------------------------------------------------
+
+def plot_shrinkage(ps: Sequence[float] = (1.0, 0.7, 0.5, 0.3), beta: float = 10.0, lim: float = 0.5) -> Any:
+    """HQQ's shrinkage operator ``shrink_p(x; β)`` for several ``p`` (:func:`qcourse.methods.hqq.shrink_lp`).
+
+    The identity is drawn dashed: where a curve sits on 0 the error is "explained" by the quantizer, where it
+    approaches the identity the error is kept as an outlier. Returns the ``Figure``.
+
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> len(plot_shrinkage().axes[0].lines)       # four curves and the identity
+    5
+    """
+    from qcourse.methods.hqq import shrink_lp
+
+    plt = _plt()
+    x = torch.linspace(-lim, lim, 801, dtype=torch.float64)
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for p in ps:
+        ax.plot(x.numpy(), shrink_lp(x, beta, p).numpy(), lw=1.4, label=f"p = {p:g}")
+    ax.plot(x.numpy(), x.numpy(), "k--", lw=0.7, label="identity")
+    ax.set_xlabel("error x = W − Ŵ")
+    ax.set_ylabel(f"shrink_p(x; β = {beta:g})")
+    ax.set_title("HQQ's generalized soft threshold", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_convergence(histories: dict[str, Sequence[float]]) -> Any:
+    """Error per HQQ iteration (``HQQResult.history``), one line per label, best iterate marked.
+
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> fig = plot_convergence({"2-bit": [1.0, 0.8, 0.7, 0.72]})
+    >>> fig.axes[0].get_xlabel()
+    'iteration (0 = min–max zero point)'
+    """
+    if not histories:
+        raise ValueError("histories is empty")
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for label, h in histories.items():
+        h = np.asarray(h, dtype=float)
+        rel = h / h[0]
+        line, = ax.plot(np.arange(len(h)), rel, ".-", label=label)
+        k = int(np.argmin(h))
+        ax.plot([k], [rel[k]], "o", mfc="none", ms=9, color=line.get_color())
+    ax.set_xlabel("iteration (0 = min–max zero point)")
+    ax.set_ylabel("mean |W − Ŵ| / its value at start")
+    ax.set_title("HQQ convergence (circle: the iterate kept)", fontsize=10)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_error_histogram(errors: dict[str, torch.Tensor], ax: Any = None, lim: float | None = None) -> Any:
+    """Histograms (log counts) of normalized weight errors ``(W − Ŵ)/rms(W)``, one per label.
+
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> fig = plot_error_histogram({"a": torch.randn(1000, generator=torch.Generator().manual_seed(0))})
+    >>> fig.axes[0].get_yscale()
+    'log'
+    """
+    if not errors:
+        raise ValueError("errors is empty")
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(7, 3.6))
+    else:
+        fig = ax.figure
+    if lim is None:
+        lim = max(float(e.abs().max()) for e in errors.values()) * 1.05 or 1.0
+    for label, e in errors.items():
+        rms = float(e.double().pow(2).mean().sqrt())
+        ax.hist(e.double().numpy(), bins=121, range=(-lim, lim), histtype="step", log=True,
+                label=f"{label} (rms {rms:.3g})")
+    ax.set_xlim(-lim, lim)
+    ax.set_xlabel("weight error (W − Ŵ) / rms(W)")
+    ax.set_ylabel("count (log)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_quality_vs_bits(rows: Sequence[dict[str, Any]], fp_ppl: float, title: str = "",
+                         ax: Any = None) -> Any:
+    """Perplexity against bits per weight, one line per method, full precision as a dashed line.
+
+    ``rows`` are :meth:`qcourse.sweeps.Sweep.table` rows (``method``, ``bits_per_weight``, ``ppl``).
+
+    >>> import matplotlib
+    >>> matplotlib.use("Agg")
+    >>> rows = [{"method": "rtn", "bits_per_weight": b, "ppl": p} for b, p in [(2.3, 9.0), (4.3, 5.1)]]
+    >>> plot_quality_vs_bits(rows, 5.0).axes[0].get_yscale()
+    'log'
+    """
+    if not rows:
+        raise ValueError("rows is empty")
+    plt = _plt()
+    if ax is None:
+        fig, ax = plt.subplots(figsize=(6, 3.8))
+    else:
+        fig = ax.figure
+    for method in dict.fromkeys(r["method"] for r in rows):
+        pts = sorted((r["bits_per_weight"], r["ppl"]) for r in rows if r["method"] == method)
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
+    ax.axhline(fp_ppl, color="k", ls="--", lw=0.8, label=f"full precision ({fp_ppl:.3g})")
+    ax.set_yscale("log")
+    ax.set_xlabel("bits per weight (codes + scales + zeros)")
+    ax.set_ylabel("perplexity (log)")
+    if title:
+        ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -18,7 +18,8 @@ import torch
 
 from qcourse import formats as F
 
-__all__ = ["GRANULARITY_OPTIONS", "format_readout", "format_explorer"]
+__all__ = ["GRANULARITY_OPTIONS", "format_readout", "format_explorer", "sweep_readout",
+           "quantization_explorer"]
 
 #: (label shown, value passed to :func:`qcourse.formats.quantize`)
 GRANULARITY_OPTIONS: tuple[tuple[str, str], ...] = (
@@ -101,3 +102,65 @@ def format_explorer(w: torch.Tensor, fmt: str = "fp8_e4m3", granularity: str = "
     gran_dd.observe(update, names="value")
     update()
     return widgets.VBox([widgets.HBox([fmt_dd, gran_dd]), readout, out])
+
+
+def sweep_readout(sweep: Any, method: str, bits: int, group_size: int | None) -> dict[str, Any]:
+    """One :class:`qcourse.sweeps.Sweep` result plus the read-out text the quantization explorer shows.
+
+    >>> from qcourse.lm.model import Llama, LlamaConfig
+    >>> from qcourse.lm.tokenizer import ByteTokenizer
+    >>> from qcourse.sweeps import Sweep
+    >>> _ = torch.manual_seed(0)
+    >>> m = Llama(LlamaConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=32))
+    >>> m.tokenizer = ByteTokenizer()
+    >>> r = sweep_readout(Sweep(m, tokens=64), "rtn", 4, 32)
+    >>> r["row"]["bits_per_weight"], "perplexity" in r["html"]
+    (4.625, True)
+    """
+    row = sweep.run(method, bits, group_size)
+    group = "per-channel" if group_size is None else f"group {group_size}"
+    html = (f"<b>{method}</b>, {bits} bits, {group}: perplexity <b>{row['ppl']:.4g}</b> "
+            f"(full precision {sweep.fp_ppl:.4g}, ×{row['ppl_ratio']:.3f}) &nbsp;·&nbsp; "
+            f"{row['bits_per_weight']:.4g} bits/weight &nbsp;·&nbsp; rel. weight error {row['rel_error']:.3g}"
+            f" &nbsp;·&nbsp; quantized in {row['quantize_seconds']:.1f} s")
+    return {"row": row, "html": html}
+
+
+def quantization_explorer(sweep: Any, methods: tuple[str, ...] = ("rtn", "hqq", "gptq"),
+                          bits: tuple[int, ...] = (2, 3, 4),
+                          group_sizes: tuple[int | None, ...] = (32, 64, 128),
+                          method: str = "rtn", bit: int = 2, group_size: int | None = 64) -> Any:
+    """A widget: method × bits × group size → histogram of the weight errors and perplexity.
+
+    Each setting is quantized and scored once by ``sweep`` (a :class:`qcourse.sweeps.Sweep`) and then
+    cached, so revisiting a setting is instant. Controls: ``ToggleButtons`` ``method``, ``bits`` and
+    ``group``; an ``HTML`` read-out and an ``Output`` with the figure. Returns the ``VBox``.
+    """
+    import ipywidgets as widgets
+    import matplotlib.pyplot as plt
+    from IPython.display import display
+
+    from qcourse.viz import plot_error_histogram
+
+    opts = [("per-channel" if g is None else str(g), g) for g in group_sizes]
+    method_w = widgets.ToggleButtons(options=list(methods), value=method, description="method")
+    bits_w = widgets.ToggleButtons(options=list(bits), value=bit, description="bits")
+    group_w = widgets.ToggleButtons(options=opts, value=group_size, description="group")
+    readout = widgets.HTML()
+    out = widgets.Output()
+
+    def update(_: Any = None) -> None:
+        readout.value = "<i>quantizing and scoring…</i>"
+        r = sweep_readout(sweep, method_w.value, bits_w.value, group_w.value)
+        readout.value = r["html"]
+        with out:
+            out.clear_output(wait=True)
+            label = f"{method_w.value} {bits_w.value}-bit, {dict((v, k) for k, v in opts)[group_w.value]}"
+            fig = plot_error_histogram({label: r["row"]["errors"]}, lim=3.0)
+            display(fig)
+            plt.close(fig)
+
+    for w in (method_w, bits_w, group_w):
+        w.observe(update, names="value")
+    update()
+    return widgets.VBox([method_w, bits_w, group_w, readout, out])
