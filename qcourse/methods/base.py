@@ -120,7 +120,8 @@ def check_hessian(hessian: torch.Tensor | None, in_features: int, required: bool
         raise TypeError(f"hessian must be a floating-point torch.Tensor; got {type(hessian).__name__}")
     if tuple(hessian.shape) != (in_features, in_features):
         raise ValueError(
-            f"hessian must be [{in_features}, {in_features}] (in_features squared); got {tuple(hessian.shape)}"
+            f"hessian must be [{in_features}, {in_features}] (in_features squared); "
+            f"got {tuple(hessian.shape)}"
         )
     if not torch.isfinite(hessian).all():
         raise ValueError("hessian contains NaN or Inf")
