@@ -670,3 +670,10 @@ def test_hessians_under_inference_mode():
     with torch.inference_mode():
         H = collect_hessians(model, x)
     torch.testing.assert_close(H["fc1"], x.double().T @ x.double() / 6, rtol=1e-12, atol=1e-12)
+
+
+def test_package_method_refusals_name_the_layer():
+    with pytest.raises(ValueError, match=r"layer 'fc1' \(64×32\): unknown option"):
+        quantize_model(
+            mlp(), "gptq", bits=4, group_size=16, calib=torch.randn(4, 32), progress=False, bogus=1
+        )
