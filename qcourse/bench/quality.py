@@ -29,7 +29,6 @@ ValueError: argument --bits: bits must be numbers separated by commas, e.g. 2,3,
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,6 +36,7 @@ from typing import Any
 import torch
 
 import qcourse
+from qcourse.machine import machine_info
 
 #: per-model defaults: evaluation tokens, calibration sequences and their length
 DEFAULTS = {
@@ -140,23 +140,9 @@ def _check_combinations(args: argparse.Namespace) -> list[Any]:
 
 
 def _machine() -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "machine": platform.machine(),
-        "cpu": cpu,
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-        "qcourse": qcourse.__version__,
-    }
+    info = machine_info()
+    return {"machine": info["machine"], "cpu": info["cpu"], "torch": info["torch"],
+            "torch_threads": info["threads"], "python": info["python"], "qcourse": qcourse.__version__}
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:

@@ -23,12 +23,10 @@ Recipe: AdamW (β = 0.9, 0.95; weight decay on matrices only), linear warm-up th
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import math
 import os
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -41,6 +39,7 @@ from qcourse.lm import corpus
 from qcourse.lm.evaluate import nll
 from qcourse.lm.model import Llama, LlamaConfig
 from qcourse.lm.tokenizer import ByteTokenizer
+from qcourse.machine import machine_info
 
 __all__ = ["MODEL_CONFIG", "TRAIN_CONFIG", "TrainConfig", "train", "lr_at", "sha256_file", "machine_info"]
 
@@ -111,30 +110,6 @@ def sha256_file(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    """CPU model, core count, threads used, torch / python versions and the date, for the training record."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads": threads,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        # libgomp's wait policy changes speed under contention, never the numbers
-        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "(default)"),
-        "date": _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
-    }
 
 
 def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
