@@ -34,3 +34,14 @@ def _seeded() -> None:
 def repo_root() -> Path:
     """The repository root (holds notebooks/, solutions/, exercises/, qcourse/)."""
     return REPO_ROOT
+
+
+@pytest.fixture
+def one_thread():
+    """Run a test with one torch thread: many small ops stall in a 2-thread pool on a shared 2-core box."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

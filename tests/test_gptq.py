@@ -18,13 +18,7 @@ from qcourse.methods.rtn import dequantize_groups, quantize_groups
 
 GPTQ = methods.get("gptq")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _problem(out: int, n_in: int, seed: int, dead: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,14 +14,7 @@ from qcourse.methods.hqq import init_minmax, lsq_refit, optimize, quantize_hqq, 
 
 HQQ = methods.get("hqq")
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # the CI box has 2 shared cores; torch's thread pool spins badly under contention
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _student_t(shape: tuple[int, int], seed: int, df: float = 3.0) -> torch.Tensor:
