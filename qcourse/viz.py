@@ -36,6 +36,13 @@ def _plt() -> Any:
     return plt
 
 
+def _fig_ax(ax: Any, figsize: tuple[float, float]) -> tuple[Any, Any]:
+    """Draw on ``ax`` when given (a panel of a larger figure), else on a new figure of ``figsize``."""
+    if ax is None:
+        return _plt().subplots(figsize=figsize)
+    return ax.figure, ax
+
+
 def bit_fields(fmt: str) -> list[tuple[str, int]]:
     """The fields of one element of ``fmt`` from the most significant bit: ``[(field, width), ...]``.
 
@@ -235,11 +242,7 @@ def _gran_text(gran: str | None) -> str:
 def plot_grid_over_histogram(w: torch.Tensor, fmt: str, granularity: str | None = None,
                              ax: Any = None, rel_mse: float | None = None) -> Any:
     """Histogram of ``w`` (log counts) with the format's scaled grid drawn as vertical lines."""
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(9, 3.6))
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (9, 3.6))
     x = w.detach().double().flatten().numpy()
     lim = float(np.abs(x).max()) * 1.08
     ax.hist(x, bins=201, range=(-lim, lim), color="0.6", log=True)
@@ -327,11 +330,7 @@ def plot_error_histogram(errors: dict[str, torch.Tensor], ax: Any = None, lim: f
     """
     if not errors:
         raise ValueError("errors is empty")
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(7, 3.6))
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (7, 3.6))
     if lim is None:
         lim = max(float(e.abs().max()) for e in errors.values()) * 1.05 or 1.0
     for label, e in errors.items():
@@ -360,11 +359,7 @@ def plot_quality_vs_bits(rows: Sequence[dict[str, Any]], fp_ppl: float, title: s
     """
     if not rows:
         raise ValueError("rows is empty")
-    plt = _plt()
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(6, 3.8))
-    else:
-        fig = ax.figure
+    fig, ax = _fig_ax(ax, (6, 3.8))
     for method in dict.fromkeys(r["method"] for r in rows):
         pts = sorted((r["bits_per_weight"], r["ppl"]) for r in rows if r["method"] == method)
         ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=method)
