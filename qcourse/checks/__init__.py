@@ -13,7 +13,17 @@ from qcourse.checks._harness import STRICT_ENV, Case, CheckResult, run_check
 __all__ = ["STRICT_ENV", "Case", "CheckResult", "run_check"]
 
 # lesson modules whose public functions are checks; each lists them in its own __all__
-_LESSON_MODULES = ("l01_formats", "l02_rtn_hqq")
+_LESSON_MODULES = (
+    "l01_formats",
+    "l02_rtn_hqq",
+    "l03_aqlm",
+    "l04_quip",
+    "l05_bitnet",
+    "l06_binary",
+    "l07_rate_distortion",
+    "l08_kernels",
+    "l09_capstone",
+)
 
 for _mod_name in _LESSON_MODULES:
     try:
