@@ -16,7 +16,7 @@ __version__ = "0.1.0"
 
 _SUBMODULES = {
     "formats", "grouping", "packing", "methods", "nn", "lm", "notebook", "checks", "exercises",
-    "bench", "diagnostics", "viz", "widgets",
+    "bench", "diagnostics", "viz", "widgets", "tables", "sizing", "sweeps",
 }
 
 

@@ -16,8 +16,8 @@ What is here
 * :func:`quantize` — any format of :data:`FORMAT_NAMES` at a chosen scale granularity (per tensor, per
   channel, blocks of 32 or 16), returning the dequantized tensor; :func:`relative_mse`;
   :func:`relative_error`.
-* Bits-per-weight accounting: :func:`bits_per_weight`, :func:`aqlm_bits_per_weight`,
-  :func:`precision_table` (model size by precision and the smallest GPU that holds the weights).
+* Bits-per-weight accounting of a format: :func:`bits_per_weight` (element bits plus the scales and zero
+  points it stores). What those bits cost a whole model, and which GPU holds it, is :mod:`qcourse.sizing`.
 
 Overflow rules (``saturate``)
 -----------------------------
@@ -59,8 +59,7 @@ __all__ = [
     "mxfp4_encode", "mxfp4_decode", "nvfp4_encode", "nvfp4_decode", "E8M0_NAN",
     "quantize", "natural_granularity", "relative_mse", "relative_error", "magnitude_sweep",
     "student_t_like", "error_table",
-    "range_table", "bits_per_weight", "aqlm_bits_per_weight", "llama2_70b_linear_shapes",
-    "precision_table", "GPUS", "ARTICLE_TABLE",
+    "range_table", "bits_per_weight",
 ]
 
 _MANT64 = (1 << 52) - 1
@@ -833,7 +832,7 @@ def range_table(names: Sequence[str] = ("fp32", "bf16", "fp16", "fp8_e4m3", "fp8
 
 
 # --------------------------------------------------------------------------------------------------------
-# bits per weight and model size
+# bits per weight of a format
 # --------------------------------------------------------------------------------------------------------
 
 _ELEMENT_BITS = {"fp32": 32.0, "bf16": 16.0, "fp16": 16.0, "fp8_e4m3": 8.0, "fp8_e5m2": 8.0, "fp4_e2m1": 4.0,
@@ -849,7 +848,8 @@ def bits_per_weight(fmt: str, group_size: int | None = None, scale_bits: int | N
     fmt
         ``"fp32"``, ``"bf16"``, ``"fp16"``, ``"fp8_e4m3"``, ``"fp8_e5m2"``, ``"fp4_e2m1"``, ``"mxfp4"``,
         ``"nvfp4"``, ``"intN"`` (N = 1..8), ``"int4_asym"``, ``"ternary"`` (log2 3 ≈ 1.585 bits, the
-        information-theoretic ideal; real packings in :func:`precision_table`) or ``"binary"``.
+        information-theoretic ideal; real packings in :func:`qcourse.sizing.precision_table`) or
+        ``"binary"``.
     group_size
         Weights sharing one scale (and zero); ``None`` = per tensor, whose one scale is negligible (0 bits
         counted). For a per-channel scale pass the row length.
@@ -891,142 +891,3 @@ def bits_per_weight(fmt: str, group_size: int | None = None, scale_bits: int | N
     if group_size is None:
         return element
     return element + ((16 if scale_bits is None else scale_bits) + zero_bits) / group_size
-
-
-def llama2_70b_linear_shapes() -> list[tuple[int, int]]:
-    """``(d_out, d_in)`` of every linear layer in Llama-2-70B's 80 blocks (GQA: 8 KV heads of 128).
-
-    >>> shapes = llama2_70b_linear_shapes(); len(shapes), sum(o * i for o, i in shapes) / 1e9
-    (560, 68.45104128)
-    """
-    d, ff, kv = 8192, 28672, 8 * 128
-    per_block = [(d, d), (kv, d), (kv, d), (d, d), (ff, d), (ff, d), (d, ff)]
-    return per_block * 80
-
-
-def aqlm_bits_per_weight(shapes: Sequence[tuple[int, int]], in_group_size: int = 8, n_codebooks: int = 2,
-                         codebook_bits: int = 8, codebook_value_bits: int = 16,
-                         scale_bits: int = 16) -> float:
-    """AQLM storage over layers: codebooks + codes + per-row scales (AQLM paper App. H, Eq. 10).
-
-    Per layer ``[value_bits·g·M·2^B + d_out·(d_in/g)·M·B + scale_bits·d_out]``, summed and divided by the
-    total number of weights.
-
-    >>> round(aqlm_bits_per_weight([(28672, 8192)]), 3)   # the paper's gate_proj example: 2.002
-    2.002
-    >>> round(aqlm_bits_per_weight(llama2_70b_linear_shapes(), n_codebooks=1, codebook_bits=16), 3)
-    2.07
-    """
-    total_bits, total_w = 0, 0
-    for d_out, d_in in shapes:
-        if d_in % in_group_size:
-            raise ValueError(f"in_group_size {in_group_size} must divide d_in; got d_in={d_in}")
-        total_bits += (codebook_value_bits * in_group_size * n_codebooks * 2**codebook_bits
-                       + d_out * (d_in // in_group_size) * n_codebooks * codebook_bits + scale_bits * d_out)
-        total_w += d_out * d_in
-    if total_w == 0:
-        raise ValueError("shapes is empty")
-    return total_bits / total_w
-
-
-#: GPU memory sizes (marketed capacity, GB) from small to large; weights must fit in (1 - headroom) of it
-GPUS: tuple[tuple[str, float], ...] = (
-    ("RTX 3060 (12 GB)", 12.0), ("RTX 4090 (24 GB)", 24.0), ("A100 (40 GB)", 40.0),
-    ("A100/H100 (80 GB)", 80.0), ("H200 (141 GB)", 141.0), ("2×H100 (160 GB)", 160.0),
-    ("4×H100 (320 GB)", 320.0), ("8×H100 (640 GB)", 640.0),
-)
-
-#: the seed article's "precision spectrum" table for a 70B model: name -> (bits/weight, GB, fits on)
-ARTICLE_TABLE: dict[str, tuple[float, float, str]] = {
-    "FP16": (16, 140, "2x H100 (TP)"),
-    "FP8": (8, 70, "1x H100"),
-    "INT4 (GPTQ/AWQ)": (4.2, 37, "1x A100-40GB"),
-    "3-bit (AQLM)": (3.1, 27, "1x RTX 4090 (24GB)"),
-    "2-bit (QuIP#)": (2.1, 18, "1x RTX 3090 (24GB)"),
-    "Ternary (BitNet 1.58b)": (1.58, 14, "1x RTX 3060 (12GB)"),
-    "Binary (1-bit)": (1.0, 9, "1x RTX 3060 (12GB)"),
-}
-
-
-def _precision_rows() -> list[tuple[str, float, str | None, str]]:
-    """(name, bits per weight, article row, how the bits are counted)."""
-    row = 8192  # Llama-2-70B hidden size: the row length of a per-channel scale
-    aqlm = aqlm_bits_per_weight(llama2_70b_linear_shapes())
-    return [
-        ("FP16/BF16", 16.0, "FP16", "16-bit values, no scale"),
-        ("FP8 (E4M3, per-tensor scale)", 8.0, "FP8", "8-bit values; one FP32 scale per tensor (negligible)"),
-        ("INT8 per-channel", bits_per_weight("int8", row, 16), None, "8 + 16/8192 (fp16 scale per row)"),
-        ("INT4 g128 (scale+zero fp16)", bits_per_weight("int4", 128, 16, 16), "INT4 (GPTQ/AWQ)",
-         "4 + 32/128; the article's 4.2 lies between 4.125 (fp16 scale only) and 4.25; GPTQ's packed "
-         "4-bit zero gives 4 + 20/128 = 4.16"),
-        ("MXFP4", bits_per_weight("mxfp4"), None, "4 + 8/32 (E8M0 scale per 32)"),
-        ("NVFP4", bits_per_weight("nvfp4"), None, "4 + 8/16 (E4M3 scale per 16) + one FP32 per tensor"),
-        ("3-bit g128 (scale+zero fp16)", bits_per_weight("int3", 128, 16, 16), "3-bit (AQLM)",
-         "3 + 32/128; the article's 3.1 bpw AQLM row gives 27 GB, which does NOT fit its own 24 GB RTX 4090"),
-        ("2-bit g64 (scale+zero fp16)", bits_per_weight("int2", 64, 16, 16), "2-bit (QuIP#)",
-         "2 + 32/64 (HQQ-style 2-bit: 0.5 bpw of metadata)"),
-        ("AQLM 2×8 g8", aqlm, None, "codebooks + codes + row scales on Llama-2-70B's linear layers "
-         "(AQLM App. H Eq. 10), applied to all parameters"),
-        ("Ternary ideal (log2 3)", bits_per_weight("ternary"), "Ternary (BitNet 1.58b)",
-         "information-theoretic 1.585; 14 GB does NOT fit the article's 12 GB RTX 3060"),
-        ("Ternary TQ1_0 (llama.cpp)", 1.6875, None,
-         "54 bytes per 256 weights (base-3 packing + fp16 scale)"),
-        ("Ternary 2-bit TQ2_0 (llama.cpp)", 2.0625, None,
-         "66 bytes per 256 weights (2 bits/trit + fp16 scale)"),
-        ("Binary (sign + fp16 row scale)", bits_per_weight("binary", row, 16), "Binary (1-bit)",
-         "1 + 16/8192"),
-    ]
-
-
-def precision_table(n_params: float = 70e9, formats: Sequence[str] | None = None,
-                    headroom: float = 0.0) -> list[dict[str, Any]]:
-    """Model size by precision and the smallest GPU (from :data:`GPUS`) whose memory holds the weights.
-
-    Counts weights only — not the KV cache, activations or the CUDA context; ``headroom`` reserves that
-    fraction of each GPU's memory for them. GB = 1e9 bytes; GPU capacities are the marketed ones. Every
-    parameter is charged the same bits per weight (embeddings included), an approximation for real models.
-
-    Parameters
-    ----------
-    n_params
-        Number of weights (70e9 for a 70B model).
-    formats
-        Names of rows to keep (see the ``name`` key); ``None`` keeps all.
-    headroom
-        Fraction in [0, 1) of GPU memory kept free.
-
-    Returns
-    -------
-    list of dicts with keys ``name, bits_per_weight, gigabytes, fits_on`` (``None`` if no GPU in the list
-    holds it), ``article_bits_per_weight``, ``article_gigabytes``, ``article_fits_on`` (the seed article's
-    quoted row where it has one, else ``None``) and ``how`` (what the bits count).
-
-    Examples
-    --------
-    >>> rows = {r["name"]: r for r in precision_table(70e9)}
-    >>> r = rows["INT4 g128 (scale+zero fp16)"]; r["bits_per_weight"], round(r["gigabytes"], 2), r["fits_on"]
-    (4.25, 37.19, 'A100 (40 GB)')
-    >>> rows["FP16/BF16"]["fits_on"], rows["Ternary ideal (log2 3)"]["fits_on"]
-    ('H200 (141 GB)', 'RTX 4090 (24 GB)')
-    """
-    if not (isinstance(n_params, int | float) and n_params > 0 and math.isfinite(n_params)):
-        raise ValueError(f"n_params must be a positive number; got {n_params!r}")
-    if not (0.0 <= headroom < 1.0):
-        raise ValueError(f"headroom must be in [0, 1); got {headroom!r}")
-    all_rows = _precision_rows()
-    names = [r[0] for r in all_rows]
-    if formats is not None:
-        unknown = [f for f in formats if f not in names]
-        if unknown:
-            raise ValueError(f"formats must be row names from {names}; unknown: {unknown}")
-    out = []
-    for name, bpw, art, how in all_rows:
-        if formats is not None and name not in formats:
-            continue
-        gb = n_params * bpw / 8 / 1e9
-        fits = next((g for g, mem in GPUS if gb <= mem * (1.0 - headroom)), None)
-        a = ARTICLE_TABLE.get(art) if art else None
-        out.append({"name": name, "bits_per_weight": bpw, "gigabytes": gb, "fits_on": fits,
-                    "article_bits_per_weight": a[0] if a else None, "article_gigabytes": a[1] if a else None,
-                    "article_fits_on": a[2] if a else None, "how": how})
-    return out

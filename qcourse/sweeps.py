@@ -35,6 +35,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from qcourse.tables import format_table
+
 __all__ = ["Sweep", "weight_errors", "format_rows", "SETTING_KEYS"]
 
 #: keys of one result row that describe the setting (the rest are measurements)
@@ -190,23 +192,23 @@ class Sweep:
         return rows
 
 
+#: columns of :func:`format_rows`, with their headers and number formats
+_ROW_HEADERS = {"method": "method", "bits": "bits", "group_size": "group", "bits_per_weight": "bits/weight",
+                "ppl": "ppl", "ppl_ratio": "× fp", "quantize_seconds": "seconds"}
+_ROW_FORMATS = {"bits": "g", "bits_per_weight": ".5g", "ppl": ".4g", "ppl_ratio": ".4g",
+                "quantize_seconds": ".1f"}
+
+
 def format_rows(rows: Sequence[dict[str, Any]], fp_ppl: float | None = None) -> str:
-    """A plain-text table of :meth:`Sweep.table` rows (bits/weight, perplexity, its ratio to fp, seconds).
+    """:meth:`Sweep.table` rows as text (bits/weight, perplexity, its ratio to fp, seconds), with a float row
+    first when ``fp_ppl`` is given; printed by :func:`qcourse.tables.format_table`.
 
     >>> print(format_rows([{"method": "rtn", "bits": 4, "group_size": 64, "bits_per_weight": 4.3125,
     ...                     "ppl": 5.5, "ppl_ratio": 1.1, "quantize_seconds": 0.5}], fp_ppl=5.0))
-    method  bits  group  bits/weight        ppl      × fp  seconds
-    float     32      -           32          5         1        -
-    rtn        4     64       4.3125        5.5       1.1      0.5
+    method  bits  group  bits/weight  ppl  × fp  seconds
+    float     32      -           32    5     1        -
+    rtn        4     64       4.3125  5.5   1.1      0.5
     """
-    def line(method: str, bits: Any, group: str, bpw: float, ppl: float, ratio: float, secs: str) -> str:
-        return f"{method:<7}{bits:>5}{group:>7}{bpw:>13.5g}{ppl:>11.4g}{ratio:>10.4g}{secs:>9}"
-
-    lines = [f"{'method':<7}{'bits':>5}{'group':>7}{'bits/weight':>13}{'ppl':>11}{'× fp':>10}{'seconds':>9}"]
-    if fp_ppl is not None:
-        lines.append(line("float", 32, "-", 32.0, fp_ppl, 1.0, "-"))
-    for r in rows:
-        group = "-" if r["group_size"] is None else str(r["group_size"])
-        lines.append(line(r["method"], f"{r['bits']:g}", group, r["bits_per_weight"], r["ppl"],
-                          r["ppl_ratio"], f"{r['quantize_seconds']:.1f}"))
-    return "\n".join(lines)
+    head = [] if fp_ppl is None else [{"method": "float", "bits": 32, "bits_per_weight": 32.0, "ppl": fp_ppl,
+                                       "ppl_ratio": 1.0}]
+    return format_table([*head, *rows], list(_ROW_HEADERS), headers=_ROW_HEADERS, formats=_ROW_FORMATS)

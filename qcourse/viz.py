@@ -1,7 +1,9 @@
-"""Figures for the lessons: bit layouts, value grids, error across magnitudes, a grid over a histogram.
+"""Figures for the lessons: bit layouts, value grids, error across magnitudes, a grid over a histogram,
+HQQ's shrinkage and convergence, quality against bits, and the outlier statistics of a model's layers.
 
 Every function returns a :class:`matplotlib.figure.Figure` (or draws on the ``ax`` it is given) and
-computes nothing a test cannot check elsewhere: the numbers come from :mod:`qcourse.formats`.
+computes nothing a test cannot check elsewhere: the numbers come from :mod:`qcourse.formats`,
+:mod:`qcourse.sweeps` and :mod:`qcourse.diagnostics`.
 
 >>> import matplotlib
 >>> matplotlib.use("Agg")
@@ -12,6 +14,7 @@ computes nothing a test cannot check elsewhere: the numbers come from :mod:`qcou
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -19,11 +22,13 @@ import numpy as np
 import torch
 
 from qcourse import formats as F
+from qcourse.diagnostics import kurtosis
 
 __all__ = [
     "FIELD_COLORS", "bit_fields", "plot_bit_layouts", "plot_block_layouts", "plot_value_grids",
     "plot_relative_error", "grid_for_display", "plot_grid_over_histogram",
     "plot_shrinkage", "plot_convergence", "plot_error_histogram", "plot_quality_vs_bits",
+    "plot_layer_stats", "plot_weight_histograms", "plot_activation_channels",
 ]
 
 FIELD_COLORS = {"sign": "#d62728", "exponent": "#1f77b4", "mantissa": "#2ca02c", "integer": "#9467bd",
@@ -370,5 +375,89 @@ def plot_quality_vs_bits(rows: Sequence[dict[str, Any]], fp_ppl: float, title: s
     if title:
         ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------------------
+# outlier diagnostics (the statistics come from qcourse.diagnostics)
+
+def plot_layer_stats(
+    stats_by_model: dict[str, Sequence[dict[str, Any]]],
+    metrics: Sequence[str] = ("kurtosis", "max_over_std"),
+    log: bool = True,
+) -> Any:
+    """Per-layer weight statistics of several models side by side: one panel per metric.
+
+    ``stats_by_model`` maps a model's label to its :func:`weight_stats` rows (or ``activation_stats``
+    rows with metric ``"outlier_ratio"``). The x axis is the layer's position in the model, scaled to
+    [0, 1] so models of different depth line up. Returns the matplotlib ``Figure``.
+    """
+    if not stats_by_model:
+        raise ValueError("stats_by_model is empty")
+    fig, axes = _plt().subplots(1, len(metrics), figsize=(5.5 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        for label, rows in stats_by_model.items():
+            if not rows or metric not in rows[0]:
+                raise ValueError(f"metric {metric!r} missing from the rows of {label!r}")
+            xs = [i / max(len(rows) - 1, 1) for i in range(len(rows))]
+            ax.plot(xs, [r[metric] for r in rows], ".-", ms=3, lw=0.8, label=label)
+        if metric == "kurtosis":
+            ax.axhline(3.0, color="gray", ls="--", lw=0.8, label="Gaussian (3)")
+        ax.set_xlabel("relative depth (layer index / last)")
+        ax.set_ylabel(metric)
+        if log:
+            ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_weight_histograms(weights: dict[str, torch.Tensor], bins: int = 121, ax: Any = None) -> Any:
+    """Histograms of standardized weights ``(w - μ)/σ`` on a log scale, with the Gaussian density for
+    reference: heavy tails show as mass far above the parabola. Returns the ``Figure``.
+
+    The legend gives each tensor's kurtosis (:func:`qcourse.diagnostics.kurtosis`, 3 for a Gaussian).
+    """
+    if not weights:
+        raise ValueError("weights is empty")
+    fig, ax = _fig_ax(ax, (6.5, 3.8))
+    lim = 0.0
+    for label, w in weights.items():
+        v = w.detach().double().flatten()
+        z = ((v - v.mean()) / v.std(unbiased=False)).numpy()
+        lim = max(lim, float(abs(z).max()))
+        ax.hist(z, bins=bins, density=True, histtype="step", log=True, label=f"{label} (k={kurtosis(v):.1f})")
+    xs = torch.linspace(-lim, lim, 400, dtype=torch.float64)
+    ax.plot(xs, torch.exp(-(xs**2) / 2) / math.sqrt(2 * math.pi), "k--", lw=0.8, label="Gaussian")
+    # a single weight in a bin of 10⁶ already sits near 1e-6; heavy-tailed peaks stay below ~1
+    ax.set_ylim(1e-7, 3.0)
+    ax.set_xlabel("standardized weight (w - μ) / σ")
+    ax.set_ylabel("density (log)")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def plot_activation_channels(channel_absmax: dict[str, torch.Tensor]) -> Any:
+    """Per-channel max |x| of one hooked point per model (one panel each), with the median marked.
+
+    ``channel_absmax`` maps a label to the ``"channel_absmax"`` tensor of an :func:`activation_stats` row.
+    Returns the ``Figure``.
+    """
+    if not channel_absmax:
+        raise ValueError("channel_absmax is empty")
+    n = len(channel_absmax)
+    fig, axes = _plt().subplots(1, n, figsize=(5.5 * n, 3.4), squeeze=False)
+    for ax, (label, a) in zip(axes[0], channel_absmax.items(), strict=True):
+        a = a.detach().float().cpu()
+        med = float(a.median())
+        ax.bar(range(len(a)), a.numpy(), width=1.0)
+        ax.axhline(med, color="red", lw=0.8, label=f"median {med:.3g}")
+        ax.set_yscale("log")
+        ax.set_title(f"{label}: max/median = {float(a.max()) / med:.0f}×", fontsize=10)
+        ax.set_xlabel("channel")
+        ax.set_ylabel("max |x| over tokens")
+        ax.legend(fontsize=8)
     fig.tight_layout()
     return fig

@@ -16,6 +16,7 @@ from hypothesis import strategies as st  # noqa: E402
 from torch import nn  # noqa: E402
 
 from qcourse import diagnostics as dg  # noqa: E402
+from qcourse import viz  # noqa: E402
 from qcourse.lm.model import Llama, LlamaConfig  # noqa: E402
 
 
@@ -185,40 +186,21 @@ def test_activation_stats_on_llama_and_errors() -> None:
         dg.summarize(nn.Sequential(nn.ReLU()))
 
 
-def test_format_table() -> None:
-    rows = [
-        {"name": "layers.0.q", "kurtosis": 3.01234, "frac": 0.0},
-        {"name": "x", "kurtosis": 26.5, "frac": 2e-6},
-    ]
-    text = dg.format_table(rows, ["name", "kurtosis", "frac"])
-    lines = text.splitlines()
-    assert lines[0].split() == ["name", "kurtosis", "frac"]
-    assert lines[1].split() == ["layers.0.q", "3.012", "0.0"] and lines[2].split() == [
-        "x",
-        "26.50",
-        "2.00e-06",
-    ]
-    with pytest.raises(ValueError, match="columns"):
-        dg.format_table(rows, ["name", "nope"])
-    with pytest.raises(ValueError, match="empty"):
-        dg.format_table([], ["name"])
-
-
 def test_plots_return_figures() -> None:
     import matplotlib.pyplot as plt
 
     torch.manual_seed(0)
     a = Llama(LlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, d_ff=64, max_seq_len=16))
     b = Llama(LlamaConfig(vocab_size=64, d_model=32, n_layers=3, n_heads=4, d_ff=64, max_seq_len=16))
-    fig = dg.plot_layer_stats({"a": dg.weight_stats(a), "b": dg.weight_stats(b)})
+    fig = viz.plot_layer_stats({"a": dg.weight_stats(a), "b": dg.weight_stats(b)})
     assert len(fig.axes) == 2 and len(fig.axes[0].lines) == 3  # two models + the Gaussian line
-    fig2 = dg.plot_weight_histograms({"q": a.layers[0].self_attn.q_proj.weight})
+    fig2 = viz.plot_weight_histograms({"q": a.layers[0].self_attn.q_proj.weight})
     tokens = torch.randint(0, 64, (2, 16), generator=torch.Generator().manual_seed(0))
     ch = dg.activation_stats(a, tokens)["residual"][-1]["channel_absmax"]
-    fig3 = dg.plot_activation_channels({"a": ch, "b": ch * 2})
+    fig3 = viz.plot_activation_channels({"a": ch, "b": ch * 2})
     assert len(fig3.axes) == 2
     with pytest.raises(ValueError, match="metric"):
-        dg.plot_layer_stats({"a": dg.weight_stats(a)}, metrics=["nope"])
+        viz.plot_layer_stats({"a": dg.weight_stats(a)}, metrics=["nope"])
     for f in (fig, fig2, fig3):
         plt.close(f)
 

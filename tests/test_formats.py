@@ -423,43 +423,6 @@ def test_bits_per_weight_refuses_bad_input() -> None:
         F.bits_per_weight("int4", 128, -1)
 
 
-def test_aqlm_bits_reproduce_the_reference_table() -> None:
-    # REFERENCE.md §2.2, Llama-2-70B column (computed from the paper's Eq. 10)
-    shapes = F.llama2_70b_linear_shapes()
-    assert round(F.aqlm_bits_per_weight(shapes, 8, 1, 16), 3) == 2.070
-    assert round(F.aqlm_bits_per_weight(shapes, 8, 1, 15), 3) == 1.911
-    assert round(F.aqlm_bits_per_weight(shapes, 8, 2, 8), 3) == 2.002
-    assert round(F.aqlm_bits_per_weight(shapes, 8, 1, 8), 3) == 1.002
-    with pytest.raises(ValueError, match="divide"):
-        F.aqlm_bits_per_weight([(4, 12)], in_group_size=8)
-
-
-def test_precision_table() -> None:
-    rows = F.precision_table(70e9)
-    assert all({"name", "bits_per_weight", "gigabytes", "fits_on"} <= set(r) for r in rows)
-    by = {r["name"]: r for r in rows}
-    assert by["FP16/BF16"]["gigabytes"] == 140.0
-    assert by["INT4 g128 (scale+zero fp16)"]["fits_on"] == "A100 (40 GB)"
-    assert by["2-bit g64 (scale+zero fp16)"]["gigabytes"] == pytest.approx(21.875)
-    # the article's 3.1-bit and 1.58-bit rows do not fit the GPUs it names
-    assert by["3-bit g128 (scale+zero fp16)"]["article_gigabytes"] > 24
-    assert 70e9 * 1.58 / 8 / 1e9 > 12
-    for r in rows:
-        assert r["gigabytes"] == pytest.approx(70e9 * r["bits_per_weight"] / 8e9)
-    # headroom can only push a model to a bigger GPU
-    order = [g for g, _ in F.GPUS]
-    tight = {r["name"]: r["fits_on"] for r in F.precision_table(70e9, headroom=0.2)}
-    for r in rows:
-        if r["fits_on"] and tight[r["name"]]:
-            assert order.index(tight[r["name"]]) >= order.index(r["fits_on"])
-    assert F.precision_table(1e15)[0]["fits_on"] is None
-    assert [r["name"] for r in F.precision_table(7e9, formats=["MXFP4"])] == ["MXFP4"]
-    with pytest.raises(ValueError, match="headroom"):
-        F.precision_table(70e9, headroom=1.0)
-    with pytest.raises(ValueError, match="unknown"):
-        F.precision_table(70e9, formats=["FP64"])
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the lesson's figures and widget (thin wrappers over the functions above)
 # ---------------------------------------------------------------------------------------------------------

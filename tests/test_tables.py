@@ -118,3 +118,14 @@ def test_every_line_has_the_same_cells_and_widths(rows: list[dict]) -> None:
     assert len(lines) == len(rows) + 1
     # the numeric column is right-aligned: every line ends at the same place (nothing after it)
     assert len({len(line) for line in lines}) == 1
+
+
+def test_statistics_table_like_the_lessons_print() -> None:
+    rows = [{"name": "layers.0.q", "kurtosis": 3.01234, "frac": 0.0},
+            {"name": "x", "kurtosis": 26.5, "frac": 2e-6}]
+    lines = format_table(rows, ["name", "kurtosis", "frac"]).splitlines()
+    assert lines == [
+        "name        kurtosis   frac",
+        "layers.0.q      3.01      0",
+        "x               26.5  2e-06",
+    ]
