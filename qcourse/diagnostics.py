@@ -44,42 +44,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from qcourse.nn.calibration import linear_layers
+
 __all__ = [
     "activation_stats",
     "kurtosis",
-    "linear_layers",
     "summarize",
     "weight_stats",
     "weight_tensor_stats",
 ]
 
 
-def _linear_types() -> tuple[type, ...]:
-    try:
-        from qcourse.nn import QuantLinear
-    except ImportError:  # diagnostics must work even when the quantization layer is unavailable
-        return (nn.Linear,)
-    return (nn.Linear, QuantLinear)
+#: layer names a statistic leaves out unless ``include_head``: a tied head *is* the embedding, and the
+#: quantization lessons keep it in full precision
+_HEAD = ("lm_head", "*.lm_head")
 
 
-def linear_layers(model: nn.Module, include_head: bool = False) -> list[tuple[str, nn.Module]]:
-    """``(name, module)`` of every ``nn.Linear`` / ``QuantLinear`` in ``model``, in definition order.
-
-    ``include_head=False`` skips a layer named ``lm_head`` (for a tied head it *is* the embedding, and
-    quantization lessons leave it in full precision).
-
-    >>> from torch import nn
-    >>> [n for n, _ in linear_layers(nn.Sequential(nn.Linear(2, 3), nn.ReLU(), nn.Linear(3, 1)))]
-    ['0', '2']
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    types = _linear_types()
-    return [
-        (n, m)
-        for n, m in model.named_modules()
-        if isinstance(m, types) and (include_head or n.split(".")[-1] != "lm_head")
-    ]
+def _layers(model: nn.Module, include_head: bool) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every ``nn.Linear`` / ``QuantLinear`` of ``model``, in definition order."""
+    return list(linear_layers(model, exclude=None if include_head else _HEAD, quantized=True).items())
 
 
 def kurtosis(x: torch.Tensor, excess: bool = False) -> float:
@@ -150,7 +133,7 @@ def weight_stats(model: nn.Module, include_head: bool = False) -> list[dict[str,
     ``QuantLinear`` layers are measured on their decoded weight.
     """
     rows = []
-    for name, m in linear_layers(model, include_head):
+    for name, m in _layers(model, include_head):
         w = m.weight
         rows.append({"name": name, "shape": tuple(w.shape), **weight_tensor_stats(w)})
     return rows
@@ -241,7 +224,7 @@ def activation_stats(
         raise ValueError(f"batch_size must be a positive int; got {batch_size!r}")
     if blocks is None:
         blocks = list(getattr(model, "layers", []))
-    lin = linear_layers(model, include_head)
+    lin = _layers(model, include_head)
     acc_in = {n: _ChannelMax() for n, _ in lin}
     acc_res = [_ChannelMax() for _ in blocks]
     handles = []

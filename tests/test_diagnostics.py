@@ -181,7 +181,7 @@ def test_activation_stats_on_llama_and_errors() -> None:
     with pytest.raises(ValueError, match="batch_size"):
         dg.activation_stats(model, tokens, batch_size=0)
     with pytest.raises(TypeError):
-        dg.linear_layers("not a model")
+        dg.weight_stats("not a model")
     with pytest.raises(ValueError, match="no nn.Linear"):
         dg.summarize(nn.Sequential(nn.ReLU()))
 
