@@ -13,13 +13,15 @@ adversarial inputs and prints what differs.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import torch
 
 from qcourse import formats as F
-from qcourse.checks._harness import Case, CheckResult, run_check
+from qcourse.checks._harness import Case, CheckResult, Mutant, run_check
 
 __all__ = ["check_decode_bits", "check_round_to_grid", "check_bits_per_weight_block",
            "reference_decode_bits", "reference_round_to_grid", "reference_bits_per_weight_block"]
@@ -77,16 +79,60 @@ def _decode_cases() -> list[Case]:
     ]
 
 
+def _as_number(value: Any) -> float | None:
+    """``value`` as a float if it is a real number (Python, NumPy or a one-element tensor), else None."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, numbers.Real | np.floating | np.integer):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and not value.is_complex():
+        return float(value)
+    return None
+
+
+def _pattern(bits: int, fmt_name: str) -> str:
+    """``0x78 = 0 1111 000``: the pattern in hex and as its sign, exponent and mantissa fields."""
+    fmt = DECODE_FORMATS[fmt_name]
+    e, m = fmt.exponent_bits, fmt.mantissa_bits
+    b = format(int(bits), f"0{1 + e + m}b")
+    return f"{int(bits):#04x} = {b[0]} {b[1:1 + e]} {b[1 + e:]}"
+
+
+def _compare_decoded(got: Any, want: list[float], case: Case) -> tuple[bool, str]:
+    """Compare decoded values pattern by pattern; name every pattern that decoded wrongly."""
+    codes, fmt_name = case.args
+    if not isinstance(got, list) or len(got) != len(want):
+        return False, f"expected {len(want)} values; got {got!r}"
+    wrong = []
+    for code, g, w in zip(codes, got, want, strict=True):
+        value = _as_number(g)
+        if value is None:
+            wrong.append(f"{_pattern(code, fmt_name)}: returned {g!r} ({type(g).__name__}), expected the "
+                         f"number {w!r}")
+        elif not (value == w or (math.isnan(value) and math.isnan(w))):
+            wrong.append(f"{_pattern(code, fmt_name)}: returned {value!r}, expected {w!r}")
+    if wrong:
+        more = f" (and {len(wrong) - 4} more)" if len(wrong) > 4 else ""
+        return False, f"{len(wrong)} of {len(want)} patterns wrong: " + "; ".join(wrong[:4]) + more
+    return True, "exact"
+
+
 def check_decode_bits(student_fn: Callable[[int, str], float], verbose: bool = True) -> CheckResult:
     """Check ``decode_bits(bits, fmt_name) -> float`` for ``fmt_name`` in ``"e4m3"``, ``"e5m2"``, ``"e2m1"``.
 
-    Each case decodes a list of patterns one at a time; NaN must come out as NaN.
+    Each case decodes a list of patterns one at a time; NaN must come out as NaN and the value must be
+    exact. Any real number type is accepted (a Python float is natural). A wrong value is reported with its
+    bit pattern, the value returned and the value expected.
+
+    >>> _compare_decoded([math.inf, 1.0], [256.0, 1.0], Case("top binade", ([0x78, 0x38], "e4m3")))
+    (False, '1 of 2 patterns wrong: 0x78 = 0 1111 000: returned inf, expected 256.0')
     """
-    def many(fn: Callable[[int, str], Any]) -> Callable[[list[int], str], list[float]]:
-        return lambda cs, name: [float(fn(c, name)) for c in cs]
+    def many(fn: Callable[[int, str], Any]) -> Callable[[list[int], str], list[Any]]:
+        return lambda codes, fmt_name: [fn(c, fmt_name) for c in codes]
 
     return run_check(
         "decode_bits", many(student_fn), many(reference_decode_bits), _decode_cases(), rtol=0, atol=0,
+        compare_fn=_compare_decoded,
         hint="value = (-1)^s · (1 + m/2^M) · 2^(e − bias) for e > 0, and (m/2^M) · 2^(1 − bias) for e = 0 "
              "(subnormal: no implicit 1, exponent 1 − bias). Biases: E4M3 7, E5M2 15, E2M1 1. E4M3 has no "
              "infinity: only S.1111.111 is NaN; E5M2's all-ones exponent is ±inf (mantissa 0) or NaN.",
@@ -125,13 +171,16 @@ def check_round_to_grid(student_fn: Callable[[torch.Tensor, F.FloatFormat], torc
         "round_to_grid", student_fn, reference_round_to_grid, _round_cases(), rtol=0, atol=0,
         hint="find the nearest grid value of |x| (fmt.all_values()); on an exact tie take the one with the "
              "even index among the non-negative values (= even mantissa); clamp |x| to fmt.max_value first; "
-             "keep the sign and let NaN through.",
+             "keep the sign and let NaN through. Return a float32 tensor and leave x unchanged.",
         verbose=verbose)
 
 
 def check_bits_per_weight_block(student_fn: Callable[[float, int, int, int], float],
                                 verbose: bool = True) -> CheckResult:
-    """Check ``bits_per_weight_block(bits, group_size, scale_bits, zero_bits) -> float``."""
+    """Check ``bits_per_weight_block(bits, group_size, scale_bits, zero_bits) -> float``.
+
+    Any real number type is accepted; the value must match to 1e-12.
+    """
     cases = [
         Case("INT4, group 128, fp16 scale and zero", (4, 128, 16, 16)),
         Case("MXFP4: 32 elements share an 8-bit E8M0 scale", (4, 32, 8, 0)),
@@ -148,3 +197,112 @@ def check_bits_per_weight_block(student_fn: Callable[[float, int, int, int], flo
         hint="every weight stores `bits`; each group of `group_size` weights also stores one scale and one "
              "zero point, shared by the group.",
         verbose=verbose)
+
+
+# ---- mutants: wrong implementations every check must reject (see tests/test_checks_mutations.py) ----------
+
+_LAYOUTS = {"e4m3": (4, 3, 7), "e5m2": (5, 2, 15), "e2m1": (2, 1, 1)}
+
+
+def _decode_mutant(bias_offset: int = 0, subnormals: bool = True, e4m3_ieee: bool = False,
+                   signed: bool = True, e5m2_specials: bool = True, nan_as: float | None = None,
+                   todo: str | None = None) -> Callable[[int, str], float]:
+    """A learner-style decoder; each keyword switches on one classic mistake."""
+    def decode_bits(bits: int, fmt_name: str) -> float:
+        if fmt_name == todo:
+            raise NotImplementedError(fmt_name)
+        exp_bits, man_bits, bias = _LAYOUTS[fmt_name]
+        bias += bias_offset
+        s, e, m = (bits >> (exp_bits + man_bits)) & 1, (bits >> man_bits) & ((1 << exp_bits) - 1), \
+            bits & ((1 << man_bits) - 1)
+        sign = -1.0 if (s and signed) else 1.0
+        top = (1 << exp_bits) - 1
+        nan = math.nan if nan_as is None else nan_as
+        if (fmt_name == "e5m2" and e5m2_specials) or (fmt_name == "e4m3" and e4m3_ieee):
+            if e == top:
+                return sign * math.inf if m == 0 else nan
+        if fmt_name == "e4m3" and e == top and m == (1 << man_bits) - 1:
+            return nan
+        if e == 0 and subnormals:
+            return sign * (m / 2**man_bits) * 2.0 ** (1 - bias)
+        return sign * (1 + m / 2**man_bits) * 2.0 ** (e - bias)
+    return decode_bits
+
+
+def _round_mutant(ties: str = "even", saturate: bool = True, truncate: bool = False, keep_nan: bool = True,
+                  dtype: torch.dtype = torch.float32, in_place: bool = False, todo: str | None = None
+                  ) -> Callable[[torch.Tensor, F.FloatFormat], torch.Tensor]:
+    """A learner-style grid rounding (search the sorted grid); each keyword switches on one mistake."""
+    def round_to_grid(x: torch.Tensor, fmt: F.FloatFormat) -> torch.Tensor:
+        if fmt.name == todo:
+            raise NotImplementedError(fmt.name)
+        pos = fmt.all_values().double()
+        pos = pos[pos >= 0]
+        a = x.double().abs()
+        if saturate:
+            a = a.clamp(max=pos[-1].item())
+        hi = torch.searchsorted(pos, a.nan_to_num(0.0)).clamp(max=len(pos) - 1)
+        lo = (hi - 1).clamp(min=0)
+        d_lo, d_hi = a - pos[lo], pos[hi] - a
+        tie_hi = {"even": hi % 2 == 0, "away": torch.ones_like(hi, dtype=torch.bool),
+                  "toward-zero": torch.zeros_like(hi, dtype=torch.bool), "half-up": x >= 0}[ties]
+        take_hi = (d_hi == 0) if truncate else (d_hi < d_lo) | ((d_hi == d_lo) & tie_hi)
+        r = torch.where(take_hi, pos[hi], pos[lo])
+        if not saturate:  # IEEE-style overflow: beyond max + half a step is infinity
+            r = torch.where(a >= pos[-1] + (pos[-1] - pos[-2]) / 2, torch.full_like(r, math.inf), r)
+        r = torch.copysign(r, x.double())
+        r = torch.where(torch.isnan(x), x.double() if keep_nan else torch.zeros_like(r), r)
+        if in_place:
+            return x.copy_(r)
+        return r.to(dtype)
+    return round_to_grid
+
+
+def _bpw_todo(bits: float, group_size: int, scale_bits: int, zero_bits: int) -> float:
+    if zero_bits == 0:
+        raise NotImplementedError("symmetric formats")
+    return bits + (scale_bits + zero_bits) / group_size
+
+
+#: check name -> wrong implementations it must reject, each with a fragment of the failure report.
+MUTANTS: dict[str, list[Mutant]] = {
+    "check_decode_bits": [
+        Mutant("bias+1", _decode_mutant(bias_offset=1), "0x38 = 0 0111 000: returned 0.5, expected 1.0"),
+        Mutant("bias-1", _decode_mutant(bias_offset=-1), "0x38 = 0 0111 000: returned 2.0, expected 1.0"),
+        Mutant("no-subnormals", _decode_mutant(subnormals=False),
+               "0x01 = 0 0000 001: returned 0.0087890625, expected 0.001953125"),
+        Mutant("e4m3-as-ieee", _decode_mutant(e4m3_ieee=True),
+               "0x78 = 0 1111 000: returned inf, expected 256.0"),
+        Mutant("no-sign", _decode_mutant(signed=False), "0xb8 = 1 0111 000: returned 1.0, expected -1.0"),
+        Mutant("e5m2-no-specials", _decode_mutant(e5m2_specials=False),
+               "0x7c = 0 11111 00: returned 65536.0, expected inf"),
+        Mutant("nan-as-inf", _decode_mutant(nan_as=math.inf),
+               "0x7f = 0 1111 111: returned inf, expected nan"),
+        Mutant("returns-fields", lambda b, f: (b >> 7, (b >> 3) & 15, b & 7), "(tuple), expected the number"),
+        Mutant("partial", _decode_mutant(todo="e2m1"), "NotImplementedError"),
+    ],
+    "check_round_to_grid": [
+        Mutant("truncate", _round_mutant(truncate=True), "seeded Gaussian"),
+        Mutant("ties-away", _round_mutant(ties="away"), "exact ties between E4M3 neighbours"),
+        Mutant("ties-toward-zero", _round_mutant(ties="toward-zero"), "exact ties between E4M3 neighbours"),
+        Mutant("half-up", _round_mutant(ties="half-up"), "exact ties between E4M3 neighbours"),
+        Mutant("no-saturation", _round_mutant(saturate=False), "±inf where a finite number was expected"),
+        Mutant("nan-on-overflow", lambda x, f: f.round(x, saturate=False), "NaN where a number was expected"),
+        Mutant("drops-nan", _round_mutant(keep_nan=False), "a number where NaN was expected"),
+        Mutant("float64", _round_mutant(dtype=torch.float64),
+               "dtype torch.float64 where torch.float32 is required"),
+        Mutant("in-place", _round_mutant(in_place=True), "modified its input x"),
+        Mutant("partial", _round_mutant(todo="FP8 E5M2"), "NotImplementedError"),
+    ],
+    "check_bits_per_weight_block": [
+        Mutant("no-scale", lambda b, g, s, z: b, "got 4, expected 4.25"),
+        Mutant("no-zero", lambda b, g, s, z: b + s / g, "INT4, group 128, fp16 scale and zero: got 4.125"),
+        Mutant("divide-by-bits", lambda b, g, s, z: b + (s + z) / b, "got 12, expected 4.25"),
+        Mutant("times-group", lambda b, g, s, z: b + (s + z) * g, "got 4100, expected 4.25"),
+        Mutant("rounds-bits", lambda b, g, s, z: round(b) + (s + z) / g, "ternary"),
+        Mutant("integer-division", lambda b, g, s, z: b + (s + z) // g, "got 4, expected 4.25"),
+        Mutant("nan-for-symmetric", lambda b, g, s, z: b + (s + z) / g if z else math.nan,
+               "NaN where a number was expected"),
+        Mutant("partial", _bpw_todo, "NotImplementedError"),
+    ],
+}

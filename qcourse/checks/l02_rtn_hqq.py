@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 import torch
 
-from qcourse.checks._harness import Case, CheckResult, run_check
+from qcourse.checks._harness import Case, CheckResult, Mutant, run_check
 from qcourse.methods import gptq, hqq, rtn
 
 __all__ = [
@@ -101,8 +101,14 @@ def _rtn_cases() -> list[Case]:
     constant[1, 16:] = -1.5       # and one holding a single negative value
     constant[2, :16] = 0.0        # and an all-zero group
     one_signed = torch.rand(2, 16, generator=gen) + 1.0   # every weight in [1, 2): the zero clamps at 0
+    # scale 1 in both groups, so w/scale and −min/scale are exact halves: round half to even gives codes
+    # [0,0,2,2,3,1,2,0] (half up: [0,1,2,3,3,1,2,0]) and, in the second group, zero 0 (half up: 1)
+    ties = torch.tensor([[0.0, 0.5, 1.5, 2.5, 3.0, 1.0, 2.0, 0.0, -0.5, 0.5, 1.5, 2.5, 2.5, 1.0, 2.0, -0.5]])
     return [
         Case("seeded Gaussian 8×128, 4 bits, group 64", (torch.randn(8, 128, generator=gen), 4, 64)),
+        Case("exact ties: round half to even (torch.round), not floor(x + 0.5)", (ties, 2, 8)),
+        Case("codes span 0 .. 2^bits − 1 (2^bits levels, 2^bits − 1 steps)",
+             (torch.arange(16.0).reshape(2, 8), 3, 8)),
         Case("seeded Student-t 16×64, 2 bits, group 32", (_student_t(gen, (16, 64)) * 0.02, 2, 32)),
         Case("3 bits, group 16", (torch.randn(5, 48, generator=gen), 3, 16)),
         Case("all zeros (scale 1, zero 0)", (torch.zeros(2, 32), 2, 16)),
@@ -122,10 +128,13 @@ def check_quantize_groups(student_fn: Callable[[torch.Tensor, int, int], tuple[t
     """Check ``quantize_groups(w, bits, group_size) -> (codes, scale, zero)`` (asymmetric min–max RTN)."""
     return run_check(
         "quantize_groups", student_fn, reference_quantize_groups, _rtn_cases(), rtol=1e-6, atol=0,
+        result_names=("codes", "scale", "zero"),
         hint="per group of `group_size` consecutive inputs: scale = (max − min)/(2^bits − 1) (there are "
              "2^bits levels, so 2^bits − 1 steps); zero = clamp(round(−min/scale), 0, 2^bits − 1); "
-             "codes = clamp(round(w/scale) + zero, 0, 2^bits − 1) — round, not floor; a group with max = min "
-             "first widens its range to include 0, and an all-zero group uses scale = 1.",
+             "codes = clamp(round(w/scale) + zero, 0, 2^bits − 1) — torch.round (ties to even), not floor "
+             "and not floor(x + 0.5); a group with max = min first widens its range to include 0, and an "
+             "all-zero group uses scale = 1. Return codes as torch.uint8, scale and zero as float32, and "
+             "leave w unchanged.",
         verbose=verbose)
 
 
@@ -152,7 +161,7 @@ def check_shrink_lp(student_fn: Callable[[torch.Tensor, float, float], torch.Ten
         "shrink_lp", student_fn, reference_shrink_lp, _shrink_cases(), rtol=1e-5, atol=1e-7,
         hint="sign(x)·max(|x| − |x|^(p − 1)/β, 0): the exponent is p − 1 (not p), applied to |x| (a negative "
              "base with a fractional power is NaN), divided by β, and clamped at 0 so no value changes sign; "
-             "at x = 0 the result is 0.",
+             "at x = 0 the result is 0. Return x's dtype (float32 here) and leave x unchanged.",
         verbose=verbose)
 
 
@@ -184,7 +193,8 @@ def check_zero_step(student_fn: Callable[..., torch.Tensor], verbose: bool = Tru
         "zero_step", student_fn, reference_zero_step, _zero_cases(), rtol=1e-5, atol=1e-6,
         hint="Ŵ = (W_q − z)/s' should equal W − W_e, so z = W_q − (W − W_e)·s' for every weight; the least-"
              "squares z is the mean of that over each group (each row, `dim=-1, keepdim=True`). Mind the "
-             "sign of W_e and multiply by the inverse scale s'.",
+             "sign of W_e and multiply by the inverse scale s'. Return float32, as the inputs are, and leave "
+             "the inputs unchanged.",
         verbose=verbose)
 
 
@@ -202,8 +212,17 @@ def _gptq_cases() -> list[Case]:
     w, _, u, s, z, _ = block(6, 8, 2, 2)
     w_out = w.clone()
     w_out[:, 2] = w_out[:, 2] * 3 + 2.0        # column values beyond the grid's range: the clamp matters
+    # power-of-two scales make w_i/scale exact halves: round half to even and floor(x + 0.5) disagree on
+    # 0.5 → 0 (not 1), −1.5 → −2 (not −1) and 2.5 → 2 (not 3)
+    t_scale = torch.tensor([1.0, 0.5, 0.25, 2.0, 1.0], dtype=torch.float64)
+    t_zero = torch.tensor([1.0, 2.0, 0.0, 1.0, 1.0], dtype=torch.float64)
+    w_tie = torch.randn(5, 6, generator=gen, dtype=torch.float64)
+    w_tie[:, 1] = t_scale * torch.tensor([0.5, -1.5, 2.5, 0.5, -0.5], dtype=torch.float64)
+    _, _, u_tie, _, _, _ = block(5, 6, 1, 2)
     return [
         Case("seeded block 16×12, column 0, 3 bits", block(16, 12, 0, 3)),
+        Case("exact ties: round half to even (torch.round), not floor(x + 0.5)",
+             (w_tie, 1, u_tie, t_scale, t_zero, 2)),
         Case("column in the middle, 4 bits", block(8, 10, 4, 4)),
         Case("last column (nothing left to update)", block(5, 6, 5, 2)),
         Case("values beyond the grid (clamp)", (w_out, 2, u, s, z, 2)),
@@ -219,8 +238,164 @@ def check_gptq_column_step(student_fn: Callable[..., tuple[torch.Tensor, torch.T
     """Check ``gptq_column_step(w_block, i, u_row, scale, zero, bits) -> (updated block, err)``."""
     return run_check(
         "gptq_column_step", student_fn, reference_gptq_column_step, _gptq_cases(), rtol=1e-9, atol=1e-9,
-        hint="q = scale·(clamp(round(w_i/scale) + zero, 0, 2^bits − 1) − zero) row by row; "
-             "err = (w_i − q)/U_ii (divide by the diagonal entry u_row[i]); then every column j ≥ i — "
-             "column i included, which becomes exactly q — moves by −err·U_ij. "
-             "Work on a copy and return (block, err).",
+        result_names=("block", "err"),
+        hint="q = scale·(clamp(round(w_i/scale) + zero, 0, 2^bits − 1) − zero) row by row, torch.round "
+             "(ties to even); err = (w_i − q)/U_ii (divide by the diagonal entry u_row[i]); then every "
+             "column j ≥ i — column i included, which becomes exactly q — moves by −err·U_ij. "
+             "Compute in float64 throughout (the inputs are float64; float32 cannot meet the check's "
+             "rtol 1e-9), work on a copy (w_block.clone()) and return (block, err).",
         verbose=verbose)
+
+
+# ---- mutants: wrong implementations every check must reject (see tests/test_checks_mutations.py) ----------
+
+def _half_up(x: torch.Tensor) -> torch.Tensor:
+    return torch.floor(x + 0.5)
+
+
+def _rtn_mutant(levels_off: int = 0, rnd: Callable[[torch.Tensor], torch.Tensor] = torch.round,
+                zero_sign: int = 1, clamp: bool = True, round_zero: bool = True, widen: bool = True,
+                unit_scale: bool = True, codes_dtype: torch.dtype = torch.uint8,
+                dtype: torch.dtype = torch.float32, write_back: bool = False, todo_bits: int | None = None
+                ) -> Callable[..., tuple[torch.Tensor, ...]]:
+    """A learner-style group RTN; each keyword switches on one classic mistake."""
+    def quantize_groups(w: torch.Tensor, bits: int, group_size: int) -> tuple[torch.Tensor, ...]:
+        if bits == todo_bits:
+            raise NotImplementedError(f"{bits} bits")
+        g = w.to(dtype).reshape(-1, group_size)
+        maxq = 2**bits - 1 + levels_off
+        lo, hi = g.amin(1, keepdim=True), g.amax(1, keepdim=True)
+        if widen:
+            flat = hi == lo
+            lo, hi = torch.where(flat, lo.clamp(max=0), lo), torch.where(flat, hi.clamp(min=0), hi)
+        scale = (hi - lo) / maxq
+        if unit_scale:
+            scale = torch.where(hi == lo, torch.ones_like(scale), scale)
+        zero = rnd(-zero_sign * lo / scale) if round_zero else -lo / scale
+        codes = rnd(g / scale) + zero
+        if clamp:
+            zero = zero.clamp(0, maxq)
+            codes = (rnd(g / scale) + zero).clamp(0, maxq)
+        if write_back:  # "saves memory": stores the rebuilt weights in w
+            w.copy_((scale * (codes - zero)).reshape(w.shape))
+        return codes.to(codes_dtype).reshape(w.shape), scale.reshape(len(w), -1), zero.reshape(len(w), -1)
+    return quantize_groups
+
+
+def _shrink_todo(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
+    if p != 0.7:
+        raise NotImplementedError("only the default p")
+    return hqq.shrink_lp(x, beta, p)
+
+
+def _shrink_in_place(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
+    sign = torch.sign(x)
+    a = x.abs_()
+    return sign * (a - a.pow(p - 1) / beta).clamp_min(0.0)
+
+
+def _zero_in_place(w: torch.Tensor, w_q: torch.Tensor, w_e: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return (w_q - w.sub_(w_e) * s).mean(1, keepdim=True)
+
+
+def _zero_todo(w: torch.Tensor, w_q: torch.Tensor, w_e: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    if w.shape[1] == 1:
+        raise NotImplementedError("groups of one")
+    return (w_q - (w - w_e) * s).mean(1, keepdim=True)
+
+
+def _gptq_mutant(rnd: Callable[[torch.Tensor], torch.Tensor] = torch.round, divide: bool = True,
+                 sign: int = 1, include_i: bool = True, clamp: bool = True, levels_off: int = 0,
+                 zero_sign: int = 1, copy: bool = True, dtype: torch.dtype = torch.float64,
+                 back_to: torch.dtype | None = None, todo_last: bool = False
+                 ) -> Callable[..., tuple[torch.Tensor, torch.Tensor]]:
+    """A learner-style GPTQ column step; each keyword switches on one classic mistake."""
+    def gptq_column_step(w_block: torch.Tensor, i: int, u_row: torch.Tensor, scale: torch.Tensor,
+                         zero: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if todo_last and i == w_block.shape[1] - 1:
+            raise NotImplementedError("last column")
+        w, u, s, z = (t.to(dtype) for t in (w_block, u_row, scale, zero))
+        c = rnd(w[:, i] / s) + zero_sign * z
+        if clamp:
+            c = c.clamp(0, 2**bits - 1 + levels_off)
+        q = s * (c - zero_sign * z)
+        err = (w[:, i] - q) / (u[i] if divide else 1.0)
+        out = w.clone() if copy else w
+        start = i if include_i else i + 1
+        out[:, start:] -= sign * err[:, None] * u[None, start:]
+        if back_to is not None:
+            out, err = out.to(back_to), err.to(back_to)
+        return out, err
+    return gptq_column_step
+
+
+#: check name -> wrong implementations it must reject, each with a fragment of the failure report.
+MUTANTS: dict[str, list[Mutant]] = {
+    "check_quantize_groups": [
+        Mutant("levels+1", _rtn_mutant(levels_off=1), "2^bits levels"),
+        Mutant("levels-1", _rtn_mutant(levels_off=-1), "2^bits levels"),
+        Mutant("floor", _rtn_mutant(rnd=torch.floor), "codes: max |diff|"),
+        Mutant("half-up", _rtn_mutant(rnd=_half_up), "exact ties"),
+        Mutant("zero-sign", _rtn_mutant(zero_sign=-1), "zero: max |diff|"),
+        Mutant("no-clamp", _rtn_mutant(clamp=False), "only positive weights"),
+        Mutant("float-zero", _rtn_mutant(round_zero=False), "zero: max |diff|"),
+        Mutant("no-widening", _rtn_mutant(widen=False), "constant and all-zero groups"),
+        Mutant("scale-0-NaN", _rtn_mutant(unit_scale=False), "NaN where a number was expected"),
+        Mutant("float32-codes", _rtn_mutant(codes_dtype=torch.float32),
+               "codes: dtype torch.float32 where torch.uint8 is required"),
+        Mutant("int64-codes", _rtn_mutant(codes_dtype=torch.int64),
+               "codes: dtype torch.int64 where torch.uint8 is required"),
+        Mutant("float64-scale", _rtn_mutant(dtype=torch.float64),
+               "scale: dtype torch.float64 where torch.float32 is required"),
+        Mutant("in-place", _rtn_mutant(write_back=True), "modified its input w"),
+        Mutant("partial", _rtn_mutant(todo_bits=1), "NotImplementedError"),
+    ],
+    "check_shrink_lp": [
+        Mutant("exponent-p", lambda x, b, p: torch.sign(x) * (x.abs() - x.abs().pow(p) / b).clamp_min(0),
+               "(the HQQ defaults): max |diff|"),
+        Mutant("no-clamp", lambda x, b, p: torch.sign(x) * (x.abs() - x.abs().pow(p - 1) / b),
+               "zeros (prox of 0 is 0)"),
+        Mutant("times-beta", lambda x, b, p: torch.sign(x) * (x.abs() - x.abs().pow(p - 1) * b).clamp_min(0),
+               "large β"),
+        Mutant("soft-threshold-only", lambda x, b, p: torch.sign(x) * (x.abs() - 1 / b).clamp_min(0),
+               "p = 0.5"),
+        Mutant("no-abs", lambda x, b, p: (x - x.pow(p - 1) / b).clamp_min(0),
+               "NaN where a number was expected"),
+        Mutant("nan-at-zero", lambda x, b, p: torch.sign(x) * (x.abs() - x.abs() / x.abs().pow(2 - p) / b
+                                                               ).clamp_min(0),
+               "zeros (prox of 0 is 0): NaN where a number was expected"),
+        Mutant("in-place", _shrink_in_place, "modified its input x"),
+        Mutant("float64", lambda x, b, p: hqq.shrink_lp(x.double(), b, p),
+               "dtype torch.float64 where torch.float32 is required"),
+        Mutant("partial", _shrink_todo, "NotImplementedError"),
+    ],
+    "check_zero_step": [
+        Mutant("we-sign", lambda w, q, e, s: (q - (w + e) * s).mean(1, keepdim=True), "2 bits, group 16"),
+        Mutant("no-we", lambda w, q, e, s: (q - w * s).mean(1, keepdim=True), "seeded groups"),
+        Mutant("divide-scale", lambda w, q, e, s: (q - (w - e) / s).mean(1, keepdim=True), "W_e = 0"),
+        Mutant("zero-sign", lambda w, q, e, s: ((w - e) * s - q).mean(1, keepdim=True), "W_e = 0"),
+        Mutant("wrong-axis", lambda w, q, e, s: (q - (w - e) * s).mean(0, keepdim=True).T[: len(w)],
+               "shape"),
+        Mutant("no-keepdim", lambda w, q, e, s: (q - (w - e) * s).mean(1), "shape"),
+        Mutant("in-place", _zero_in_place, "modified its input w"),
+        Mutant("float64", lambda w, q, e, s: (q.double() - (w.double() - e) * s).mean(1, keepdim=True),
+               "dtype torch.float64 where torch.float32 is required"),
+        Mutant("partial", _zero_todo, "NotImplementedError"),
+    ],
+    "check_gptq_column_step": [
+        Mutant("no-divide", _gptq_mutant(divide=False), "err: max |diff|"),
+        Mutant("wrong-sign", _gptq_mutant(sign=-1), "block: max |diff|"),
+        Mutant("skip-column-i", _gptq_mutant(include_i=False), "block: max |diff|"),
+        Mutant("floor", _gptq_mutant(rnd=torch.floor), "seeded block"),
+        Mutant("half-up", _gptq_mutant(rnd=_half_up), "exact ties"),
+        Mutant("no-clamp", _gptq_mutant(clamp=False), "values beyond the grid (clamp)"),
+        Mutant("levels+1", _gptq_mutant(levels_off=1), "values beyond the grid (clamp)"),
+        Mutant("zero-sign", _gptq_mutant(zero_sign=-1), "seeded block"),
+        Mutant("in-place", _gptq_mutant(copy=False), "modified its input w_block"),
+        Mutant("float32", _gptq_mutant(dtype=torch.float32),
+               "dtype torch.float32 where torch.float64 is required"),
+        Mutant("float32-inside", _gptq_mutant(dtype=torch.float32, back_to=torch.float64),
+               "compute in float64"),
+        Mutant("partial", _gptq_mutant(todo_last=True), "NotImplementedError"),
+    ],
+}
