@@ -98,12 +98,21 @@ def _to_codes(bits: Any, name: str) -> tuple[np.ndarray, str, torch.device | Non
     return np.asarray(int(bits), dtype=np.int64), "scalar", None
 
 
+def _check_float_tensor(x: Any, name: str) -> None:
+    """TypeError unless ``x`` is a real floating-point torch tensor; the message names what it got."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{name} must be a floating-point torch tensor; got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point torch tensor; got {x.dtype}")
+
+
 def _out_values(v: np.ndarray, kind: str, dev: torch.device | None) -> Any:
     if kind == "scalar":
         return float(v)
     if kind == "numpy":
         return v.astype(np.float32)
-    return torch.from_numpy(np.ascontiguousarray(v.astype(np.float32))).to(dev)
+    # np.array(order="C"), not np.ascontiguousarray, which turns a 0-d array into shape (1,)
+    return torch.from_numpy(np.array(v, dtype=np.float32, order="C")).to(dev)
 
 
 def _out_codes(c: np.ndarray, kind: str, dev: torch.device | None) -> Any:
@@ -111,7 +120,7 @@ def _out_codes(c: np.ndarray, kind: str, dev: torch.device | None) -> Any:
         return int(c)
     if kind == "numpy":
         return c.astype(np.int64)
-    return torch.from_numpy(np.ascontiguousarray(c.astype(np.int64))).to(dev)
+    return torch.from_numpy(np.array(c, dtype=np.int64, order="C")).to(dev)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -473,9 +482,14 @@ def _check_format_name(name: Any) -> None:
 # MXFP4 and NVFP4
 # --------------------------------------------------------------------------------------------------------
 
+def _blocks(t: torch.Tensor, block: int) -> torch.Tensor:
+    """``t`` viewed as ``[..., n_blocks, block]`` along its last dimension (sizes spelled out, so that an
+    empty tensor reshapes too: ``-1`` is ambiguous when there are no elements)."""
+    return t.reshape(*t.shape[:-1], t.shape[-1] // block, block)
+
+
 def _check_blocks(x: torch.Tensor, block: int, name: str) -> None:
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point torch tensor; got {type(x).__name__}")
+    _check_float_tensor(x, "x")
     if x.ndim == 0 or x.shape[-1] % block != 0:
         raise ValueError(f"{name} scales blocks of {block} along the last dimension: its size must be a "
                          f"multiple of {block}; got shape {tuple(x.shape)} (nothing is padded)")
@@ -506,7 +520,7 @@ def mxfp4_encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     tensor([ 6.0000,  1.0000, -0.5000])
     """
     _check_blocks(x, 32, "MXFP4")
-    v = x.detach().to(torch.float64).reshape(*x.shape[:-1], -1, 32)
+    v = _blocks(x.detach().to(torch.float64), 32)
     special = ~torch.isfinite(v).all(dim=-1)
     amax = torch.where(torch.isfinite(v), v.abs(), torch.zeros_like(v)).amax(dim=-1)
     # floor(log2(amax)) read off the binary64 exponent field (exact; no log rounding at powers of two)
@@ -529,7 +543,7 @@ def mxfp4_decode(codes: torch.Tensor, scales: torch.Tensor) -> torch.Tensor:
     if codes.shape[-1] % 32 or scales.shape != (*codes.shape[:-1], codes.shape[-1] // 32):
         raise ValueError(f"scales must have shape codes.shape[:-1] + (codes.shape[-1] // 32,); got codes "
                          f"{tuple(codes.shape)} and scales {tuple(scales.shape)}")
-    el = E2M1.decode(codes.to(torch.int64)).to(torch.float64).reshape(*codes.shape[:-1], -1, 32)
+    el = _blocks(E2M1.decode(codes.to(torch.int64)).to(torch.float64), 32)
     s = scales.to(torch.int64)
     X = torch.ldexp(torch.ones(s.shape, dtype=torch.float64), s - 127)
     X = torch.where(s == E8M0_NAN, torch.full_like(X, float("nan")), X)
@@ -562,7 +576,7 @@ def nvfp4_encode(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, float]:
     _check_blocks(x, 16, "NVFP4")
     if not torch.isfinite(x).all():
         raise ValueError("x contains NaN or Inf; NVFP4 has no NaN/inf encoding for elements")
-    v = x.detach().to(torch.float64).reshape(*x.shape[:-1], -1, 16)
+    v = _blocks(x.detach().to(torch.float64), 16)
     amax = float(v.abs().max()) if v.numel() else 0.0
     g = float(np.float32(amax / (6.0 * 448.0))) if amax > 0 else 1.0  # stored as FP32
     s = E4M3.round((v.abs().amax(dim=-1) / 6.0 / g), saturate=True).to(torch.float64)
@@ -578,7 +592,7 @@ def nvfp4_decode(codes: torch.Tensor, scales: torch.Tensor, global_scale: float)
     if codes.shape[-1] % 16 or scales.shape != (*codes.shape[:-1], codes.shape[-1] // 16):
         raise ValueError(f"scales must have shape codes.shape[:-1] + (codes.shape[-1] // 16,); got codes "
                          f"{tuple(codes.shape)} and scales {tuple(scales.shape)}")
-    el = E2M1.decode(codes.to(torch.int64)).to(torch.float64).reshape(*codes.shape[:-1], -1, 16)
+    el = _blocks(E2M1.decode(codes.to(torch.int64)).to(torch.float64), 16)
     s = E4M3.decode(scales.to(torch.int64)).to(torch.float64)
     return (el * (s * float(global_scale))[..., None]).reshape(codes.shape).to(torch.float32)
 
@@ -608,12 +622,12 @@ def _grouped(w: torch.Tensor, granularity: str) -> torch.Tensor:
         if w.ndim < 2:
             raise ValueError(f"granularity 'channel' needs a tensor with ≥ 2 dims (one scale per row); "
                              f"got shape {tuple(w.shape)}")
-        return w.reshape(w.shape[0], -1)
+        return w.reshape(w.shape[0], math.prod(w.shape[1:]))
     block = int(granularity[len("block"):])
     if w.ndim == 0 or w.shape[-1] % block:
         raise ValueError(f"granularity {granularity!r} needs the last dimension to be a multiple of {block}; "
                          f"got shape {tuple(w.shape)} (nothing is padded)")
-    return w.reshape(-1, block)
+    return w.reshape(w.numel() // block, block)
 
 
 def quantize(w: torch.Tensor, fmt: str, granularity: str | None = None) -> torch.Tensor:
@@ -623,6 +637,8 @@ def quantize(w: torch.Tensor, fmt: str, granularity: str | None = None) -> torch
     ----------
     w
         Float tensor without NaN/Inf; blocks run along the last dimension, channels are rows (dim 0).
+        A tensor with no elements gives an empty result of its shape (the granularity's shape rules
+        still apply); any other dtype is a TypeError naming it.
     fmt
         One of :data:`FORMAT_NAMES`.
     granularity
@@ -643,8 +659,7 @@ def quantize(w: torch.Tensor, fmt: str, granularity: str | None = None) -> torch
     tensor([[ 0.0000, -0.6550,  0.6550,  0.0000]])
     """
     _check_format_name(fmt)
-    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
-        raise TypeError(f"w must be a floating-point torch tensor; got {type(w).__name__}")
+    _check_float_tensor(w, "w")
     if not torch.isfinite(w).all():
         raise ValueError("w contains NaN or Inf; quantize() needs finite weights")
     nat = natural_granularity(fmt)
@@ -664,6 +679,8 @@ def quantize(w: torch.Tensor, fmt: str, granularity: str | None = None) -> torch
         return nvfp4_decode(*nvfp4_encode(x))
 
     g = _grouped(x.to(torch.float64), granularity)
+    if g.numel() == 0:  # no group to scale (after the shape checks above): nothing to round
+        return x.clone()
     amax = g.abs().amax(dim=1, keepdim=True)
     if fmt in ("fp8_e4m3", "fp8_e5m2", "fp4_e2m1"):
         f = FLOAT_FORMATS[fmt]
@@ -717,8 +734,7 @@ def student_t_like(w: torch.Tensor, df: float = 3.0, seed: int = 0) -> torch.Ten
     >>> t.shape, round(float(t.std()), 3)
     (torch.Size([64, 64]), 1.0)
     """
-    if not isinstance(w, torch.Tensor) or not w.is_floating_point():
-        raise TypeError(f"w must be a floating-point torch tensor; got {type(w).__name__}")
+    _check_float_tensor(w, "w")
     if isinstance(df, bool) or not isinstance(df, int | float) or df < 1 or df != int(df):
         raise ValueError(f"df must be a positive integer; got {df!r}")
     gen = torch.Generator().manual_seed(seed)
@@ -785,8 +801,7 @@ def relative_error(x: torch.Tensor, fmt: str, scale: float = 1.0) -> torch.Tenso
     tensor([1.0000, 0.8730])
     """
     _check_format_name(fmt)
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point torch tensor; got {type(x).__name__}")
+    _check_float_tensor(x, "x")
     if (x == 0).any() or not torch.isfinite(x).all():
         raise ValueError("x must be finite and nonzero (relative error divides by |x|)")
     if not (scale > 0 and math.isfinite(scale)):

@@ -370,6 +370,51 @@ def test_quantize_refuses_bad_input() -> None:
         F.relative_mse(torch.zeros(3), torch.zeros(3))
 
 
+@pytest.mark.parametrize("shape", [(0,), (0, 32), (4, 0), (2, 0, 32)])
+@pytest.mark.parametrize("fmt", F.FORMAT_NAMES)
+def test_quantize_empty_tensor_returns_an_empty_tensor(fmt: str, shape: tuple[int, ...]) -> None:
+    # issue 9: an empty tensor raised IndexError (amax over nothing) or a reshape RuntimeError
+    w = torch.empty(shape)
+    nat = F.natural_granularity(fmt)
+    grans = [None] if nat is not None else [None, "tensor", "block32", "block16"]
+    if nat is None and len(shape) >= 2:
+        grans.append("channel")
+    for g in grans:
+        y = F.quantize(w, fmt, g)
+        assert y.shape == w.shape and y.dtype == torch.float32, (fmt, g)
+    if nat is None:  # shape rules still apply to an empty tensor
+        with pytest.raises(ValueError, match="multiple of 32"):
+            F.quantize(torch.empty(0, 24), fmt, "block32")
+    if fmt in ("mxfp4", "nvfp4"):
+        block = 32 if fmt == "mxfp4" else 16
+        enc = F.mxfp4_encode if fmt == "mxfp4" else F.nvfp4_encode
+        dec = F.mxfp4_decode if fmt == "mxfp4" else F.nvfp4_decode
+        parts = enc(torch.empty(0, 2 * block))
+        assert parts[0].shape == (0, 2 * block) and parts[1].shape == (0, 2)
+        assert dec(*parts).shape == (0, 2 * block)
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int8, torch.bool, torch.complex64])
+def test_non_float_tensors_are_refused_naming_their_dtype(dtype: torch.dtype) -> None:
+    # issue 9: the message said "got Tensor" instead of the dtype
+    w = torch.ones(4, 32, dtype=dtype)
+    for call in (lambda: F.quantize(w, "int8"), lambda: F.mxfp4_encode(w), lambda: F.nvfp4_encode(w),
+                 lambda: F.relative_error(w, "int8"), lambda: F.student_t_like(w)):
+        with pytest.raises(TypeError, match=f"floating-point .*got {dtype}"):
+            call()
+    with pytest.raises(TypeError, match="got list"):
+        F.quantize([1.0, 2.0], "int8")
+
+
+def test_zero_dim_tensors_keep_their_shape() -> None:
+    x = torch.tensor(1.3)
+    for f in (F.FP32, F.BF16, F.E4M3, F.E2M1):
+        assert f.round(x).shape == () and f.encode(x).shape == ()
+        assert f.decode(torch.tensor(1)).shape == ()
+    for fmt in ("fp32", "bf16", "fp16", "int8", "ternary"):
+        assert F.quantize(x, fmt).shape == ()
+
+
 def test_relative_error_across_magnitudes() -> None:
     x = F.magnitude_sweep(1e-8, 1e5, 4001)
     # inside the normal range every float format keeps relative error <= 2**-(M+1)
