@@ -127,10 +127,10 @@ def test_build_writes_header_stub_and_clears_outputs(tmp_path):
     cells[3].outputs = [nbformat.v4.new_output("stream", text="double: 1/1 cases match the reference\n")]
     cells[3].execution_count = 7
     _write_solution(tmp_path, "99_demo.ipynb", cells)
-    written = exercises.build(tmp_path)
+    written = exercises.build(tmp_path).written
     assert written == [tmp_path / "exercises" / "99_demo.ipynb"]
     ex = nbformat.read(written[0], as_version=4)
-    assert ex.cells[0].cell_type == "markdown" and "Generated file" in ex.cells[0].source
+    assert ex.cells[0].cell_type == "markdown" and "generated from" in ex.cells[0].source
     assert "solutions/99_demo.ipynb" in ex.cells[0].source and "python -m qcourse.exercises build" in (
         ex.cells[0].source)
     assert "return 2 * x" not in written[0].read_text()
@@ -140,7 +140,7 @@ def test_build_writes_header_stub_and_clears_outputs(tmp_path):
     nbformat.validate(ex)
     # deterministic: a second build writes nothing and the bytes are those of exercise_text
     before = written[0].read_bytes()
-    assert exercises.build(tmp_path) == []
+    assert exercises.build(tmp_path).written == []
     assert written[0].read_bytes() == before
     assert exercises.exercise_text(tmp_path / "solutions" / "99_demo.ipynb", tmp_path).encode() == before
     assert before.startswith(b'{\n "cells": [\n  {\n') and before.endswith(b"}\n")
@@ -175,7 +175,7 @@ def test_check_detects_edits_missing_and_extra(tmp_path):
     nb.cells[2].source = nb.cells[2].source.replace("return 2 * x", "return x + x")
     nbformat.write(nb, sol)
     (diff,) = exercises.check(tmp_path)
-    assert diff.reason == "differs" and diff.path.name == "99_demo.ipynb"
+    assert diff.reason == "stale" and diff.path.name == "99_demo.ipynb"
     exercises.build(tmp_path)
     assert exercises.check(tmp_path) == []
     # running the solution and saving its outputs does not make the exercise stale
@@ -187,12 +187,12 @@ def test_check_detects_edits_missing_and_extra(tmp_path):
     nb.cells[2].source = nb.cells[2].source.replace("Return 2x.", "Return twice x.")
     nbformat.write(nb, sol)
     (diff,) = exercises.check(tmp_path)
-    assert diff.reason == "differs"
+    assert diff.reason == "stale"
     exercises.build(tmp_path)
     # a hand edit of the exercise
     ex = tmp_path / "exercises" / "99_demo.ipynb"
     ex.write_text(ex.read_text().replace("YOUR CODE HERE", "my answer"))
-    assert [d.reason for d in exercises.check(tmp_path)] == ["differs"]
+    assert [d.reason for d in exercises.check(tmp_path)] == ["edited"]
     # missing and extra
     ex.unlink()
     (tmp_path / "exercises" / "42_orphan.ipynb").write_text("{}")
@@ -213,7 +213,7 @@ def test_cli_build_and_check_exit_codes(tmp_path):
     nb.cells[2].source = nb.cells[2].source.replace("return 2 * x", "return x * 2")
     nbformat.write(nb, sol)
     res = run("check")
-    assert res.returncode == 1 and "99_demo.ipynb: differs" in res.stderr
+    assert res.returncode == 1 and "99_demo.ipynb: stale: its solution changed" in res.stderr
     nb.cells[2].source = "def f():\n    ### BEGIN SOLUTION\n"
     nbformat.write(nb, sol)
     res = run("check")
