@@ -106,21 +106,15 @@ def _check_float_tensor(x: Any, name: str) -> None:
         raise TypeError(f"{name} must be a floating-point torch tensor; got {x.dtype}")
 
 
-def _out_values(v: np.ndarray, kind: str, dev: torch.device | None) -> Any:
+def _answer(a: np.ndarray, kind: str, dev: torch.device | None, dtype: type) -> Any:
+    """``a`` as ``dtype`` (np.float32 values, np.int64 codes) in the kind of the input: Python number,
+    numpy array or torch tensor on the input's device."""
+    a = np.array(a, dtype=dtype, order="C")  # not np.ascontiguousarray: it turns 0-d into shape (1,)
     if kind == "scalar":
-        return float(v)
+        return a.item()
     if kind == "numpy":
-        return v.astype(np.float32)
-    # np.array(order="C"), not np.ascontiguousarray, which turns a 0-d array into shape (1,)
-    return torch.from_numpy(np.array(v, dtype=np.float32, order="C")).to(dev)
-
-
-def _out_codes(c: np.ndarray, kind: str, dev: torch.device | None) -> Any:
-    if kind == "scalar":
-        return int(c)
-    if kind == "numpy":
-        return c.astype(np.int64)
-    return torch.from_numpy(np.array(c, dtype=np.int64, order="C")).to(dev)
+        return a
+    return torch.from_numpy(a).to(dev)
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -316,7 +310,7 @@ class FloatFormat:
         """
         sat = self._resolve_saturate(saturate)
         arr, kind, dev = _to_f64(x, "x")
-        return _out_codes(self._encode_f64(arr, sat, nan_ok=self.has_nan), kind, dev)
+        return _answer(self._encode_f64(arr, sat, nan_ok=self.has_nan), kind, dev, np.int64)
 
     def _decode_np(self, c: np.ndarray) -> np.ndarray:
         M, Ebits = self.mantissa_bits, self.exponent_bits
@@ -342,7 +336,7 @@ class FloatFormat:
         [0.001953125, 1.0, 448.0, -0.0, nan]
         """
         c, kind, dev = _to_codes(bits, "bits")
-        return _out_values(self._decode_np(c), kind, dev)
+        return _answer(self._decode_np(c), kind, dev, np.float32)
 
     def round(self, x: Any, saturate: bool | None = None) -> Any:
         """``decode(encode(x))``: the nearest representable value (RNE) under the overflow rule.
@@ -358,7 +352,7 @@ class FloatFormat:
         nan = np.isnan(arr)
         codes = self._encode_f64(np.where(nan, 0.0, arr), sat, nan_ok=True)
         vals = np.where(nan, np.nan, self._decode_np(codes))
-        return _out_values(vals, kind, dev)
+        return _answer(vals, kind, dev, np.float32)
 
     def all_values(self) -> torch.Tensor:
         """Every finite value of the format, ascending, zero once (float32 tensor).
