@@ -1,9 +1,12 @@
-"""Each lesson-01 check accepts correct answers and rejects the classic mistakes."""
+"""Lesson-01 checks: accept correct answers, and say precisely what is wrong with a wrong one.
+
+The catalogue of wrong implementations each check must reject lives in ``l01_formats.MUTANTS`` and is run
+by ``tests/test_checks_mutations.py``; here: correct learner-style code passes, and the messages.
+"""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 
 import pytest
 import torch
@@ -12,114 +15,76 @@ import qcourse.checks as checks
 from qcourse import formats as F
 from qcourse.checks import l01_formats as L
 
-BIAS = {"e4m3": 7, "e5m2": 15, "e2m1": 1}
-WIDTH = {"e4m3": (4, 3), "e5m2": (5, 2), "e2m1": (2, 1)}
 
-
-def make_decode(bias_offset: int = 0, subnormals: bool = True, e4m3_ieee: bool = False,
-                signed: bool = True) -> Callable[[int, str], float]:
-    """A learner-style decoder; the keyword arguments switch on one classic mistake each."""
-    def decode_bits(bits: int, fmt_name: str) -> float:
-        E, M = WIDTH[fmt_name]
-        bias = BIAS[fmt_name] + bias_offset
-        s, e, m = (bits >> (E + M)) & 1, (bits >> M) & ((1 << E) - 1), bits & ((1 << M) - 1)
-        sign = -1.0 if (s and signed) else 1.0
-        top = (1 << E) - 1
-        if fmt_name == "e5m2" or (fmt_name == "e4m3" and e4m3_ieee):
-            if e == top:
-                return sign * math.inf if m == 0 else math.nan
-        if fmt_name == "e4m3" and e == top and m == (1 << M) - 1:
-            return math.nan
-        if e == 0 and subnormals:
-            return sign * (m / 2**M) * 2.0 ** (1 - bias)
-        return sign * (1 + m / 2**M) * 2.0 ** (e - bias)
-    return decode_bits
-
-
-def learner_round(x: torch.Tensor, fmt: F.FloatFormat, ties: str = "even", saturate: bool = True,
-                  mode: str = "nearest", keep_nan: bool = True) -> torch.Tensor:
-    """A learner-style grid rounding (the solution's method); keywords switch on one mistake each."""
-    pos = fmt.all_values()
-    pos = pos[pos >= 0].double()
-    xd = x.double()
-    a = xd.abs().clamp(max=pos[-1].item()) if saturate else xd.abs()
-    hi = torch.searchsorted(pos, a.nan_to_num(0.0)).clamp(max=len(pos) - 1)
-    lo = (hi - 1).clamp(min=0)
-    d_lo, d_hi = a - pos[lo], pos[hi] - a
-    if mode == "truncate":
-        r = torch.where(d_hi == 0, pos[hi], pos[lo])
-    else:
-        tie_hi = {"even": hi % 2 == 0, "away": torch.ones_like(hi, dtype=torch.bool),
-                  "down": torch.zeros_like(hi, dtype=torch.bool)}[ties]
-        r = torch.where((d_hi < d_lo) | ((d_hi == d_lo) & tie_hi), pos[hi], pos[lo])
-    if not saturate:  # IEEE-style: beyond max + half a step is infinity
-        step = float(pos[-1] - pos[-2])
-        r = torch.where(a >= pos[-1] + step / 2, torch.full_like(r, math.inf), r)
-    r = torch.copysign(r, xd)
-    if keep_nan:
-        r = torch.where(torch.isnan(xd), xd, r)
-    else:
-        r = torch.where(torch.isnan(xd), torch.zeros_like(r), r)
-    return r.float()
-
-
-# ---- decode_bits --------------------------------------------------------------------------------------
-
-def test_decode_check_accepts_reference_and_correct_learner_code() -> None:
+def test_checks_accept_reference_and_learner_style_code() -> None:
     assert L.check_decode_bits(L.reference_decode_bits, verbose=False).passed
-    assert L.check_decode_bits(make_decode(), verbose=False).passed
-
-
-@pytest.mark.parametrize("wrong", [
-    make_decode(bias_offset=1),       # wrong bias
-    make_decode(bias_offset=-1),      # off-by-one exponent
-    make_decode(subnormals=False),    # implicit 1 on subnormals too
-    make_decode(e4m3_ieee=True),      # treats E4M3 like IEEE: 0x78 as inf instead of 256
-    make_decode(signed=False),        # forgets the sign bit
-], ids=["bias+1", "bias-1", "no-subnormals", "e4m3-as-ieee", "no-sign"])
-def test_decode_check_rejects_known_mistakes(wrong: Callable[[int, str], float]) -> None:
-    assert L.check_decode_bits(wrong, verbose=False).status == "failed"
-
-
-# ---- round_to_grid ------------------------------------------------------------------------------------
-
-def test_round_check_accepts_reference_and_correct_learner_code() -> None:
+    assert L.check_decode_bits(L._decode_mutant(), verbose=False).passed      # no mistake switched on
     assert L.check_round_to_grid(L.reference_round_to_grid, verbose=False).passed
-    assert L.check_round_to_grid(learner_round, verbose=False).passed
-
-
-@pytest.mark.parametrize("wrong", [
-    lambda x, f: learner_round(x, f, mode="truncate"),     # truncation instead of RNE
-    lambda x, f: learner_round(x, f, ties="away"),         # round half away from zero
-    lambda x, f: learner_round(x, f, ties="down"),         # ties toward zero (argmin's first hit)
-    lambda x, f: learner_round(x, f, saturate=False),      # missing saturation: overflow -> inf
-    lambda x, f: f.round(x, saturate=False),               # E4M3's non-saturating mode: overflow -> NaN
-    lambda x, f: learner_round(x, f, keep_nan=False),      # NaN silently becomes 0
-], ids=["truncate", "ties-away", "ties-down", "no-saturation", "nan-on-overflow", "drops-nan"])
-def test_round_check_rejects_known_mistakes(
-        wrong: Callable[[torch.Tensor, F.FloatFormat], torch.Tensor]) -> None:
-    assert L.check_round_to_grid(wrong, verbose=False).status == "failed"
-
-
-# ---- bits_per_weight_block ----------------------------------------------------------------------------
-
-def test_bpw_check_accepts_reference() -> None:
+    assert L.check_round_to_grid(L._round_mutant(), verbose=False).passed
     assert L.check_bits_per_weight_block(L.reference_bits_per_weight_block, verbose=False).passed
     assert L.check_bits_per_weight_block(lambda b, g, s, z: (b * g + s + z) / g, verbose=False).passed
 
 
-@pytest.mark.parametrize("wrong", [
-    lambda b, g, s, z: b,                    # forgets the scale bits
-    lambda b, g, s, z: b + s / g,            # forgets the zero point
-    lambda b, g, s, z: b + (s + z) / b,      # divides by the wrong quantity
-    lambda b, g, s, z: b + (s + z) * g,      # multiplies instead of sharing
-    lambda b, g, s, z: round(b) + (s + z) / g,  # rounds log2(3) to 2
-], ids=["no-scale", "no-zero", "divide-by-bits", "times-group", "rounds-bits"])
-def test_bpw_check_rejects_known_mistakes(wrong: Callable[[float, int, int, int], float]) -> None:
-    assert L.check_bits_per_weight_block(wrong, verbose=False).status == "failed"
+def test_decode_accepts_any_real_number_type() -> None:
+    # the exercise text says so: an int zero, a NumPy float or a 0-dim tensor are the same number
+    import numpy as np
+
+    def typed(bits: int, fmt_name: str) -> object:
+        v = L.reference_decode_bits(bits, fmt_name)
+        return int(v) if v == 0 else (np.float64(v) if fmt_name == "e5m2" else torch.tensor(v))
+
+    assert L.check_decode_bits(typed, verbose=False).passed
+    assert L.check_decode_bits(lambda b, f: True, verbose=False).status == "failed"  # a bool is not a value
 
 
-# ---- common behaviour ---------------------------------------------------------------------------------
+def test_decode_failure_names_pattern_returned_and_expected(capsys: pytest.CaptureFixture[str]) -> None:
+    def no_subnormals(bits: int, fmt_name: str) -> float:
+        value = L.reference_decode_bits(bits, fmt_name)
+        return 2.0 ** -6 * (1 + (bits & 7) / 8) if fmt_name == "e4m3" and 0 < bits < 8 else value
+
+    L.check_decode_bits(no_subnormals)
+    out = capsys.readouterr().out
+    assert ("✗ E4M3 zero and subnormals (exponent field 0): 3 of 5 patterns wrong: "
+            "0x01 = 0 0000 001: returned 0.017578125, expected 0.001953125") in out
+    assert "0x07 = 0 0000 111: returned 0.029296875, expected 0.013671875" in out
+    # the pattern layout follows the format: 1 + 5 + 2 bits for E5M2, 1 + 2 + 1 for E2M1
+    assert L._pattern(0x7C, "e5m2") == "0x7c = 0 11111 00" and L._pattern(0xB, "e2m1") == "0x0b = 1 01 1"
+
+
+def test_decode_nan_and_infinity_are_compared_as_values() -> None:
+    case = checks.Case("specials", ([0x7C, 0x7D], "e5m2"))
+    assert L._compare_decoded([math.inf, math.nan], [math.inf, math.nan], case) == (True, "exact")
+    ok, detail = L._compare_decoded([math.nan, math.inf], [math.inf, math.nan], case)
+    assert not ok and detail == ("2 of 2 patterns wrong: 0x7c = 0 11111 00: returned nan, expected inf; "
+                                 "0x7d = 0 11111 01: returned inf, expected nan")
+
+
+def test_round_to_grid_requires_float32_and_untouched_input(capsys: pytest.CaptureFixture[str]) -> None:
+    res = L.check_round_to_grid(lambda x, f: L.reference_round_to_grid(x, f).double(), verbose=False)
+    assert all(c.detail == "dtype torch.float64 where torch.float32 is required" for c in res.cases)
+    res = L.check_round_to_grid(lambda x, f: x.copy_(L.reference_round_to_grid(x, f)), verbose=False)
+    edited = "modified its input x (work on a copy, e.g. x.clone())"
+    assert {c.detail for c in res.cases if not c.ok} == {edited}
+    # rounding zeros in place changes nothing: that case is not blamed
+    assert next(c for c in res.cases if c.label == "zeros").ok
+
+
+def test_round_tie_cases_are_exact_ties() -> None:
+    # every value of the tie cases is the midpoint of two neighbours, so only the tie rule decides
+    for case in L._round_cases():
+        if case.label.startswith("exact ties"):
+            x, fmt = case.args
+            r_even = F.FloatFormat.round(fmt, x, saturate=True).double()
+            grid = fmt.all_values().double()
+            idx = torch.searchsorted(grid, x.double())
+            assert torch.equal(x.double(), (grid[idx - 1] + grid[idx]) / 2)
+            assert torch.isin(r_even, grid).all()
+
+
+def test_bits_per_weight_messages_are_plain_numbers() -> None:
+    res = L.check_bits_per_weight_block(lambda b, g, s, z: b + s / g, verbose=False)
+    assert res.cases[0].detail == "got 4.125, expected 4.25"
+
 
 def test_checks_are_exported_and_report_not_implemented(capsys: pytest.CaptureFixture[str]) -> None:
     def todo(*args: object) -> None:

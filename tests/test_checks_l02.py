@@ -1,128 +1,82 @@
-"""Each lesson-02 check accepts correct answers and rejects the classic mistakes."""
+"""Lesson-02 checks: accept correct answers, and say precisely what is wrong with a wrong one.
+
+The catalogue of wrong implementations each check must reject lives in ``l02_rtn_hqq.MUTANTS`` and is run
+by ``tests/test_checks_mutations.py``; here: correct learner-style code passes, the tie cases are real
+ties (checked against NumPy, independently of the package), and the messages.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
+import numpy as np
 import pytest
 import torch
 
 import qcourse.checks as checks
 from qcourse.checks import l02_rtn_hqq as L
 
-# ---- a learner-style group RTN, with one switch per classic mistake ------------------------------------
 
-def learner_rtn(w: torch.Tensor, bits: int, group_size: int, levels_off: int = 0, rounding: str = "round",
-                zero_sign: int = 1, clamp: bool = True, round_zero: bool = True, degenerate: bool = True
-                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    out, n = w.shape
-    g = w.float().reshape(-1, group_size)
-    maxq = 2**bits - 1 + levels_off
-    lo, hi = g.amin(1, keepdim=True), g.amax(1, keepdim=True)
-    if degenerate:
-        flat = hi == lo
-        lo = torch.where(flat, lo.clamp(max=0), lo)
-        hi = torch.where(flat, hi.clamp(min=0), hi)
-    rng = hi - lo
-    scale = torch.where(rng == 0, torch.ones_like(rng), rng / maxq)
-    rnd = torch.round if rounding == "round" else torch.floor
-    zero = rnd(-zero_sign * lo / scale) if round_zero else -lo / scale
-    codes = rnd(g / scale) + zero
-    if clamp:
-        zero = zero.clamp(0, maxq)
-        codes = (rnd(g / scale) + zero).clamp(0, maxq)
-    return codes.to(torch.uint8).reshape(out, n), scale.reshape(out, -1), zero.reshape(out, -1)
-
-
-def test_quantize_groups_accepts_reference_and_learner_code() -> None:
+def test_checks_accept_reference_and_learner_style_code() -> None:
     assert L.check_quantize_groups(L.reference_quantize_groups, verbose=False).passed
-    assert L.check_quantize_groups(learner_rtn, verbose=False).passed
-
-
-@pytest.mark.parametrize("wrong", [
-    lambda w, b, g: learner_rtn(w, b, g, levels_off=1),     # 2^b steps instead of 2^b − 1
-    lambda w, b, g: learner_rtn(w, b, g, rounding="floor"),  # floor instead of round
-    lambda w, b, g: learner_rtn(w, b, g, zero_sign=-1),     # zero = round(+min/scale)
-    lambda w, b, g: learner_rtn(w, b, g, clamp=False),      # missing clamp
-    lambda w, b, g: learner_rtn(w, b, g, round_zero=False),  # float zero, not an integer
-    lambda w, b, g: learner_rtn(w, b, g, degenerate=False),  # constant groups not widened to 0
-], ids=["levels+1", "floor", "zero-sign", "no-clamp", "float-zero", "no-degenerate"])
-def test_quantize_groups_rejects_known_mistakes(wrong: Callable[..., tuple[torch.Tensor, ...]]) -> None:
-    assert L.check_quantize_groups(wrong, verbose=False).status == "failed"
-
-
-# ---- shrink_lp ------------------------------------------------------------------------------------------
-
-def learner_shrink(x: torch.Tensor, beta: float, p: float) -> torch.Tensor:
-    a = x.abs()
-    return torch.sign(x) * (a - a.pow(p - 1) / beta).clamp_min(0.0)
-
-
-def test_shrink_accepts_reference_and_learner_code() -> None:
+    assert L.check_quantize_groups(L._rtn_mutant(), verbose=False).passed        # no mistake switched on
     assert L.check_shrink_lp(L.reference_shrink_lp, verbose=False).passed
-    assert L.check_shrink_lp(learner_shrink, verbose=False).passed
-
-
-@pytest.mark.parametrize("wrong", [
-    lambda x, b, p: torch.sign(x) * (x.abs() - x.abs().pow(p) / b).clamp_min(0),        # exponent p
-    lambda x, b, p: torch.sign(x) * (x.abs() - x.abs().pow(p - 1) / b),                 # no clamp at 0
-    lambda x, b, p: torch.sign(x) * (x.abs() - x.abs().pow(p - 1) * b).clamp_min(0),    # times β
-    lambda x, b, p: torch.sign(x) * (x.abs() - 1.0 / b).clamp_min(0),                   # always p = 1
-    lambda x, b, p: (x - x.pow(p - 1) / b).clamp_min(0),                                # no |x|, no sign
-], ids=["exponent-p", "no-clamp", "times-beta", "soft-threshold-only", "no-abs"])
-def test_shrink_rejects_known_mistakes(wrong: Callable[[torch.Tensor, float, float], torch.Tensor]) -> None:
-    assert L.check_shrink_lp(wrong, verbose=False).status == "failed"
-
-
-# ---- zero_step ------------------------------------------------------------------------------------------
-
-def test_zero_step_accepts_reference_and_learner_code() -> None:
+    assert L.check_shrink_lp(lambda x, b, p: torch.sign(x) * (x.abs() - x.abs().pow(p - 1) / b).clamp_min(0),
+                             verbose=False).passed
     assert L.check_zero_step(L.reference_zero_step, verbose=False).passed
     assert L.check_zero_step(lambda w, q, e, s: (q - (w - e) * s).mean(1, keepdim=True), verbose=False).passed
-
-
-@pytest.mark.parametrize("wrong", [
-    lambda w, q, e, s: (q - (w + e) * s).mean(1, keepdim=True),    # wrong sign of W_e
-    lambda w, q, e, s: (q - w * s).mean(1, keepdim=True),          # forgets W_e
-    lambda w, q, e, s: (q - (w - e) / s).mean(1, keepdim=True),    # divides by the inverse scale
-    lambda w, q, e, s: ((w - e) * s - q).mean(1, keepdim=True),    # zero-point sign flipped
-    lambda w, q, e, s: (q - (w - e) * s).mean(0, keepdim=True).T[: len(w)],  # mean over the wrong axis
-], ids=["we-sign", "no-we", "divide-scale", "zero-sign", "wrong-axis"])
-def test_zero_step_rejects_known_mistakes(wrong: Callable[..., torch.Tensor]) -> None:
-    assert L.check_zero_step(wrong, verbose=False).status == "failed"
-
-
-# ---- gptq_column_step -----------------------------------------------------------------------------------
-
-def learner_gptq(w: torch.Tensor, i: int, u: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int,
-                 divide: bool = True, sign: int = 1, include_i: bool = True, rounding: str = "round",
-                 clamp: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    rnd = torch.round if rounding == "round" else torch.floor
-    c = rnd(w[:, i] / scale) + zero
-    if clamp:
-        c = c.clamp(0, 2**bits - 1)
-    q = scale * (c - zero)
-    err = (w[:, i] - q) / (u[i] if divide else 1.0)
-    out = w.clone()
-    start = i if include_i else i + 1
-    out[:, start:] -= sign * err[:, None] * u[None, start:]
-    return out, err
-
-
-def test_gptq_step_accepts_reference_and_learner_code() -> None:
     assert L.check_gptq_column_step(L.reference_gptq_column_step, verbose=False).passed
-    assert L.check_gptq_column_step(learner_gptq, verbose=False).passed
+    assert L.check_gptq_column_step(L._gptq_mutant(), verbose=False).passed
 
 
-@pytest.mark.parametrize("wrong", [
-    lambda *a: learner_gptq(*a, divide=False),       # forgets to divide by U_ii
-    lambda *a: learner_gptq(*a, sign=-1),            # adds the error instead of subtracting
-    lambda *a: learner_gptq(*a, include_i=False),    # column i is left unquantized
-    lambda *a: learner_gptq(*a, rounding="floor"),   # floor instead of round
-    lambda *a: learner_gptq(*a, clamp=False),        # missing clamp
-], ids=["no-divide", "wrong-sign", "skip-column-i", "floor", "no-clamp"])
-def test_gptq_step_rejects_known_mistakes(wrong: Callable[..., tuple[torch.Tensor, torch.Tensor]]) -> None:
-    assert L.check_gptq_column_step(wrong, verbose=False).status == "failed"
+def test_rtn_tie_case_matches_numpy_half_even_and_differs_from_half_up() -> None:
+    (case,) = [c for c in L._rtn_cases() if c.label.startswith("exact ties")]
+    w, bits, g = case.args
+    codes, scale, zero = L.reference_quantize_groups(w, bits, g)
+    assert scale.tolist() == [[1.0, 1.0]]          # so w/scale and −min/scale are the halves themselves
+    x = w[0].numpy().astype(np.float64)
+    # group 1 (min 0, zero 0): codes are round(w) themselves; np.round is half to even
+    assert codes[0, :8].tolist() == [0, 0, 2, 2, 3, 1, 2, 0] == np.round(x[:8]).tolist()
+    assert np.floor(x[:8] + 0.5).tolist() == [0, 1, 2, 3, 3, 1, 2, 0]
+    # group 2 (min −0.5): the zero −min/scale = 0.5 is a tie too; half to even gives 0, half up 1
+    assert zero.tolist() == [[0.0, 0.0]] and np.round(0.5) == 0 and np.floor(0.5 + 0.5) == 1
+    assert codes[0, 8:].tolist() == np.clip(np.round(x[8:]), 0, 3).tolist()
+
+
+def test_gptq_tie_case_holds_exact_ties() -> None:
+    (case,) = [c for c in L._gptq_cases() if c.label.startswith("exact ties")]
+    w, i, _, scale, zero, _ = case.args
+    ratio = (w[:, i] / scale).numpy()
+    assert np.all(ratio - np.floor(ratio) == 0.5)
+    even = np.clip(np.round(ratio) + zero.numpy(), 0, 3)
+    up = np.clip(np.floor(ratio + 0.5) + zero.numpy(), 0, 3)
+    assert (even != up).sum() >= 3
+
+
+def test_rtn_messages_name_the_items_and_the_dtype() -> None:
+    def float_codes(w: torch.Tensor, bits: int, g: int) -> tuple[torch.Tensor, ...]:
+        codes, scale, zero = L.reference_quantize_groups(w, bits, g)
+        return codes.float(), scale, zero
+
+    res = L.check_quantize_groups(float_codes, verbose=False)
+    assert {c.detail for c in res.cases} == {"codes: dtype torch.float32 where torch.uint8 is required"}
+    res = L.check_quantize_groups(L._rtn_mutant(rnd=lambda x: torch.floor(x + 0.5)), verbose=False)
+    tie = next(c for c in res.cases if c.label.startswith("exact ties"))
+    assert tie.detail.startswith("codes: max |diff| 2 at index (0, 9) (got 2, expected 0); 10 of 16 values")
+    assert "zero: max |diff| 1 at index (0, 1) (got 1, expected 0)" in tie.detail
+
+
+def test_gptq_float32_is_told_float64_is_required(capsys: pytest.CaptureFixture[str]) -> None:
+    L.check_gptq_column_step(L._gptq_mutant(dtype=torch.float32))
+    out = capsys.readouterr().out
+    assert "block: dtype torch.float32 where torch.float64 is required" in out
+    assert "Compute in float64 throughout" in out                # the hint
+    res = L.check_gptq_column_step(L._gptq_mutant(dtype=torch.float32, back_to=torch.float64), verbose=False)
+    assert "compute in float64 throughout, as the exercise requires" in res.failures()
+
+
+def test_gptq_in_place_is_named() -> None:
+    res = L.check_gptq_column_step(L._gptq_mutant(copy=False), verbose=False)
+    assert all(c.detail == "modified its input w_block (work on a copy, e.g. w_block.clone())"
+               for c in res.cases if c.label != "all-zero block")
 
 
 def test_gptq_step_reference_leaves_input_alone_and_matches_gptq() -> None:
@@ -143,8 +97,6 @@ def test_gptq_step_reference_leaves_input_alone_and_matches_gptq() -> None:
     res = gptq.gptq_quantize(w, H, rtn.Grid(2, scale_dtype=None), blocksize=8)
     assert torch.allclose(cur, res.w_q, atol=1e-12)
 
-
-# ---- common behaviour -----------------------------------------------------------------------------------
 
 def test_checks_are_exported_and_report_not_implemented(capsys: pytest.CaptureFixture[str]) -> None:
     def todo(*args: object) -> None:
