@@ -6,15 +6,8 @@ import pytest
 import torch
 
 from qcourse import methods
-from qcourse.methods.gptq import (
-    GPTQWeight,
-    Grid,
-    column_update,
-    gptq_quantize,
-    prepare_hessian,
-    proxy_loss,
-)
-from qcourse.methods.rtn import dequantize_groups, quantize_groups
+from qcourse.affine import Grid, dequantize_groups, quantize_groups
+from qcourse.methods.gptq import GPTQWeight, column_update, gptq_quantize, prepare_hessian, proxy_loss
 
 GPTQ = methods.get("gptq")
 

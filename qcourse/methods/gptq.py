@@ -17,10 +17,13 @@ module follows:
   ``i`` with all earlier columns already removed from ``H⁻¹``, so no inverse is ever downdated;
 * lazy blocks of 128 columns: updates inside the block at once (:func:`column_update`), the block's
   accumulated error applied to all later columns in one matrix product;
-* the grid is RTN's asymmetric min–max (:class:`qcourse.methods.rtn.Grid`, fp16 scale, integer zero),
+* the grid is the affine min–max grid (:class:`qcourse.affine.Grid`, fp16 scale, integer zero),
   per row, or per row and group of ``group_size`` columns: "dynamic" groups take scale/zero from the
   current, error-updated weights when the loop reaches a group's first column; "static" groups precompute
   them from the original weights (needed to combine act-order with simple kernels).
+
+The loop itself is :func:`qcourse.ldlq.ldlq`, which takes any block quantizer (QuIP#'s BlockLDLQ is the
+same loop on 8-column blocks); GPTQ is that loop with the scalar :class:`~qcourse.affine.Grid`.
 
 One deliberate difference: the reference computes a dynamic group's parameters from its weight matrix
 ``W``, which inside a lazy block does not yet hold the updates from earlier columns of the same block
@@ -34,6 +37,7 @@ Computation is float64 by default (``dtype``): small layers, and agreement with 
 the group index of every input column as int32 (``g_idx``, 32 bits per column, as GPTQ checkpoints store it).
 
 >>> import torch
+>>> from qcourse.affine import Grid, dequantize_groups, quantize_groups
 >>> g = torch.Generator().manual_seed(0)
 >>> x = torch.randn(512, 32, generator=g) @ torch.randn(32, 32, generator=g)   # correlated inputs
 >>> H = (x.T @ x / 512).double()
@@ -46,28 +50,29 @@ True
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
 from qcourse import packing
-from qcourse.methods.base import Method, QuantizedWeight, check_hessian, check_weight
-from qcourse.methods.rtn import Grid, dequantize_groups, quantize_groups
+from qcourse.affine import Grid, check_grid_bits
+from qcourse.ldlq import block_update, ldlq, prepare_hessian, proxy_loss
+from qcourse.methods.base import (
+    Method,
+    QuantizedWeight,
+    check_hessian,
+    check_weight,
+    state_tensor,
+    to_float_dtype,
+)
 
 __all__ = ["column_update", "prepare_hessian", "gptq_quantize", "proxy_loss", "GPTQResult", "GPTQWeight",
-           "GPTQ", "METHODS", "Grid", "quantize_groups", "dequantize_groups"]
+           "GPTQ", "METHODS"]
 
-
-def proxy_loss(w: torch.Tensor, w_hat: torch.Tensor, hessian: torch.Tensor) -> float:
-    """``tr(ΔW H ΔWᵀ)`` with ``ΔW = w − w_hat``: the layer-output error GPTQ minimises (per calibration row).
-
-    >>> import torch
-    >>> proxy_loss(torch.ones(1, 2), torch.zeros(1, 2), torch.eye(2, dtype=torch.float64))
-    2.0
-    """
-    d = (w - w_hat).to(torch.float64)
-    return float(torch.einsum("ij,jk,ik->", d, hessian.to(torch.float64), d))
+#: the smallest positive float16 scale: weights far below it all round to 0 on any stored grid
+_FP16_TINY = 2.0**-24
 
 
 def column_update(w_block: torch.Tensor, i: int, q: torch.Tensor, u_row: torch.Tensor
@@ -77,7 +82,7 @@ def column_update(w_block: torch.Tensor, i: int, q: torch.Tensor, u_row: torch.T
     Column ``i`` of ``w_block`` (``[rows, B]``) has been rounded to ``q`` (``[rows]``). With ``u_row`` the
     block's row ``i`` of the upper Cholesky factor ``U`` of ``H⁻¹`` (``[B]``), the scaled error is
     ``err = (w_i − q)/U_ii`` and every column ``j ≥ i`` moves by ``−err·U_ij``. Column ``i`` itself becomes
-    exactly ``q``; columns before ``i`` are untouched.
+    exactly ``q``; columns before ``i`` are untouched. (:func:`qcourse.ldlq.block_update` with ``d = 1``.)
 
     Returns ``(updated block, err)``; the input is not modified.
 
@@ -87,50 +92,15 @@ def column_update(w_block: torch.Tensor, i: int, q: torch.Tensor, u_row: torch.T
     >>> new.tolist(), err.tolist()      # err = 0.5/2; columns 1, 2 move by −0.25·(1, −1)
     ([[0.5, 1.75, 3.25]], [0.25])
     """
-    err = (w_block[:, i] - q) / u_row[i]
-    out = w_block.clone()
-    out[:, i:] -= err[:, None] * u_row[None, i:]
-    return out, err
-
-
-def prepare_hessian(hessian: torch.Tensor, w: torch.Tensor, percdamp: float = 0.01,
-                    perm: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Dead inputs, optional permutation, damping, and the upper Cholesky factor of ``H⁻¹``.
-
-    Returns ``(w with dead columns zeroed and permuted, U)``. Raises ``ValueError`` if ``H`` is not positive
-    definite after damping.
-
-    >>> import torch
-    >>> H = torch.tensor([[4.0, 0.0], [0.0, 0.0]], dtype=torch.float64)
-    >>> w, U = prepare_hessian(H, torch.ones(1, 2, dtype=torch.float64), percdamp=0.0)
-    >>> w.tolist(), torch.diag(U).tolist()          # dead input 1: column zeroed, H_11 := 1
-    ([[1.0, 0.0]], [0.5, 1.0])
-    """
-    H = hessian.to(w.dtype).clone()
-    w = w.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    w[:, dead] = 0
-    if perm is not None:
-        w = w[:, perm]
-        H = H[perm][:, perm]
-    idx = torch.arange(H.shape[0])
-    H[idx, idx] += percdamp * torch.mean(torch.diag(H))
-    L, info = torch.linalg.cholesky_ex(H)
-    if int(info) != 0:
-        raise ValueError("hessian is not positive definite even after damping; increase percdamp or "
-                         "collect more calibration data")
-    U, info = torch.linalg.cholesky_ex(torch.cholesky_inverse(L), upper=True)
-    if int(info) != 0:
-        raise ValueError("inverse hessian is numerically not positive definite; increase percdamp")
-    return w, U
+    out, err = block_update(w_block, i, q[:, None], u_row[None, :])
+    return out, err[:, 0]
 
 
 @dataclass
 class GPTQResult:
     """Everything :func:`gptq_quantize` computed, in the original column order."""
 
-    w_q: torch.Tensor  #: dequantized weight ``[out, in]``
+    w_q: torch.Tensor  #: dequantized weight ``[out, in]`` (float32 for half-precision input)
     codes: torch.Tensor  #: ``uint8`` codes ``[out, in]``
     scale: torch.Tensor  #: ``[out, n_groups]`` (``n_groups = 1`` per-channel)
     zero: torch.Tensor  #: ``[out, n_groups]`` (integers; ``2^(b−1)`` for symmetric grids)
@@ -157,128 +127,61 @@ def gptq_quantize(w: torch.Tensor, hessian: torch.Tensor, quantizer: Grid | int,
     hessian
         ``H = E[x xᵀ]`` of the layer inputs, ``[in, in]`` (any positive scale factor gives the same result).
     quantizer
-        A :class:`~qcourse.methods.rtn.Grid` (or just its ``bits``): per-row/group grid and rounding.
-    blocksize
-        Columns per lazy block (128 in the reference); affects speed only.
-    percdamp
-        Damping as a fraction of ``mean(diag H)``.
-    group_size
-        Columns per group (must divide ``in``), ``None`` for one grid per row.
-    act_order
-        Process columns in decreasing ``diag(H)``.
-    static_groups
-        Precompute every group's grid from the original weights (only with ``group_size``).
-    dtype
-        Computation precision.
-    reference_groups
-        Take dynamic group parameters from the block-stale weights like ``IST-DASLab/gptq`` does (see the
-        module docstring); the default uses the fully updated weights.
+        A :class:`~qcourse.affine.Grid` (or just its ``bits``): per-row/group grid and rounding. (Other
+        block quantizers go straight to :func:`qcourse.ldlq.ldlq`.)
+    blocksize, percdamp, group_size, act_order, static_groups, dtype, reference_groups
+        As in :func:`qcourse.ldlq.ldlq`.
 
     Returns
     -------
     GPTQResult
     """
     check_weight(w)
-    rows, cols = w.shape
-    check_hessian(hessian, cols, required=True, method="gptq")
+    check_hessian(hessian, w.shape[1], required=True, method="gptq")
     if isinstance(quantizer, int) and not isinstance(quantizer, bool):
         quantizer = Grid(quantizer)
     if not isinstance(quantizer, Grid):
-        raise TypeError(f"quantizer must be a qcourse.methods.rtn.Grid or an int (bits); got {quantizer!r}")
-    if isinstance(blocksize, bool) or not isinstance(blocksize, int) or blocksize <= 0:
-        raise ValueError(f"blocksize must be a positive int; got {blocksize!r}")
-    if not (isinstance(percdamp, int | float) and percdamp >= 0):
-        raise ValueError(f"percdamp must be a non-negative number; got {percdamp!r}")
-    if group_size is not None and (isinstance(group_size, bool) or not isinstance(group_size, int)
-                                   or group_size <= 0 or cols % group_size):
-        raise ValueError(f"group_size must be None or a positive int dividing in_features={cols}; "
-                         f"got {group_size!r}")
-    if static_groups and group_size is None:
-        raise ValueError("static_groups=True needs a group_size")
-
-    W = w.to(dtype)
-    g = group_size if group_size is not None else cols
-    n_groups = cols // g
-    S = torch.zeros(rows, n_groups, dtype=dtype)
-    Z = torch.zeros(rows, n_groups, dtype=dtype)
-    if group_size is None:
-        # the reference fixes per-row grids from the weights as given, before dead columns are zeroed
-        S[:, :1], Z[:, :1] = quantizer.params(W)
-    if static_groups:
-        # static grids come from the weights after dead columns are zeroed, in the original order
-        W0 = W.clone()
-        W0[:, torch.diag(hessian) == 0] = 0
-        for k in range(n_groups):
-            S[:, k:k + 1], Z[:, k:k + 1] = quantizer.params(W0[:, k * g:(k + 1) * g])
-    perm = None
-    if act_order:
-        diag = torch.diag(hessian).clone()
-        diag[diag == 0] = 1  # dead inputs are ordered as the reference orders them, with H_ii := 1
-        perm = torch.argsort(diag, descending=True, stable=True)
-    W, U = prepare_hessian(hessian, W, percdamp, perm)
-    # group (column of S/Z) used by each processing position
-    order = perm if perm is not None else torch.arange(cols)
-    if group_size is None:
-        gcol = torch.zeros(cols, dtype=torch.long)
-    elif static_groups:
-        gcol = order // g
-    else:
-        gcol = torch.arange(cols) // g
-
-    Q = torch.zeros_like(W)
-    codes = torch.zeros(rows, cols, dtype=torch.uint8)
-    losses = torch.zeros(cols, dtype=dtype)
-    for i1 in range(0, cols, blocksize):
-        i2 = min(i1 + blocksize, cols)
-        W1 = W[:, i1:i2].clone()
-        Err1 = torch.zeros_like(W1)
-        U1 = U[i1:i2, i1:i2]
-        for i in range(i2 - i1):
-            j = i1 + i
-            if group_size is not None and not static_groups and j % g == 0:
-                if reference_groups:
-                    current = W[:, j:j + g]  # misses the updates from columns i1..j−1 of this block
-                else:
-                    inside = W1[:, i:min(i + g, i2 - i1)]
-                    beyond = W[:, i2:j + g] - Err1[:, :i] @ U[i1:i1 + i, i2:j + g]  # lazily pending updates
-                    current = torch.cat([inside, beyond], 1)
-                k = j // g
-                S[:, k:k + 1], Z[:, k:k + 1] = quantizer.params(current)
-            s, z = S[:, gcol[j]:gcol[j] + 1], Z[:, gcol[j]:gcol[j] + 1]
-            c = quantizer.codes(W1[:, i:i + 1], s, z)
-            q = quantizer.dequant(c, s, z)[:, 0]
-            losses[j] = ((W1[:, i] - q) ** 2).sum() / U1[i, i] ** 2 / 2
-            W1, Err1[:, i] = column_update(W1, i, q, U1[i])
-            Q[:, j] = q
-            codes[:, j] = c[:, 0].to(torch.uint8)
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
-
-    g_idx = torch.arange(cols) // g if group_size is not None else torch.zeros(cols, dtype=torch.long)
-    if perm is not None:
-        inv = torch.argsort(perm)
-        Q, codes, losses = Q[:, inv], codes[:, inv], losses[inv]
-        g_idx = gcol[inv]
+        raise TypeError(f"quantizer must be a qcourse.affine.Grid or an int (bits); got {quantizer!r}")
+    res = ldlq(w.detach(), hessian, quantizer, blocksize=blocksize, percdamp=percdamp,
+               group_size=group_size, act_order=act_order, static_groups=static_groups, dtype=dtype,
+               reference_groups=reference_groups)
+    scale = torch.cat([f.scale for f in res.quantizers], 1)
+    zero = torch.cat([f.zero for f in res.quantizers], 1)
+    # half-precision input is returned as float32: the rounded levels may exceed float16's range
+    out_dtype = w.dtype if w.dtype in (torch.float32, torch.float64) else torch.float32
     needs_g_idx = act_order and group_size is not None and not static_groups
-    return GPTQResult(Q.to(w.dtype), codes, S, Z, g_idx, perm, losses, needs_g_idx)
+    return GPTQResult(res.w_q.to(out_dtype), res.codes.to(torch.uint8), scale, zero, res.g_idx, res.perm,
+                      res.losses, needs_g_idx)
 
 
 class GPTQWeight(QuantizedWeight):
     """GPTQ's storage: packed codes, fp16 scale and integer zero per (row, group), and ``g_idx`` if needed.
 
     ``Ŵ[r, c] = scale[r, g_idx[c]] · (code[r, c] − zero[r, g_idx[c]])``.
+
+    State: ``packed`` (codes), ``scale`` (fp16 ``[out, n_groups]``), ``zero`` (bit-packed at ``bits``;
+    absent for a symmetric grid) and ``g_idx`` (int32, only when it is stored); meta ``bits``,
+    ``symmetric``, ``n_groups``, ``loss``.
     """
 
     def __init__(self, result: GPTQResult, grid: Grid) -> None:
         self.shape = (int(result.codes.shape[0]), int(result.codes.shape[1]))
         self.bits = grid.bits
-        self.zero_bits = grid.zero_bits
+        self.symmetric = grid.symmetric
         self.packed = packing.pack(result.codes, grid.bits)
         self.scale = result.scale.to(torch.float16)
         self.zero = None if grid.symmetric else result.zero.to(torch.uint8)
-        self.symmetric_zero = float(2 ** (grid.bits - 1))
         self.g_idx = result.g_idx.to(torch.int32)
         self.stores_g_idx = result.needs_g_idx
         self.loss = result.loss
+
+    @property
+    def zero_bits(self) -> int:
+        return 0 if self.symmetric else self.bits
+
+    @property
+    def symmetric_zero(self) -> float:
+        return float(2 ** (self.bits - 1))
 
     def codes(self) -> torch.Tensor:
         return packing.unpack(self.packed, self.bits, self.numel).reshape(self.shape)
@@ -287,43 +190,81 @@ class GPTQWeight(QuantizedWeight):
         idx = self.g_idx.long()
         s = self.scale.float()[:, idx]
         z = torch.full_like(s, self.symmetric_zero) if self.zero is None else self.zero.float()[:, idx]
-        return (s * (self.codes().float() - z)).to(dtype)
+        return to_float_dtype(s * (self.codes().float() - z), dtype)
 
     @property
     def storage_bits(self) -> int:
         params = self.scale.numel() * (16 + self.zero_bits)
         return self.packed.numel() * 8 + params + (32 * self.shape[1] if self.stores_g_idx else 0)
 
+    def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {"packed": self.packed, "scale": self.scale}
+        if self.zero is not None:
+            tensors["zero"] = packing.pack(self.zero, self.bits)
+        if self.stores_g_idx:
+            tensors["g_idx"] = self.g_idx
+        meta = self.state_meta(bits=self.bits, symmetric=self.symmetric, n_groups=int(self.scale.shape[1]),
+                               loss=float(self.loss))
+        return tensors, meta
 
-_OPTIONS = {"blocksize": 128, "percdamp": 0.01, "act_order": False, "static_groups": False,
-            "symmetric": False, "reference_groups": False}
+    @classmethod
+    def from_state(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> GPTQWeight:
+        rows, cols = (int(s) for s in meta["shape"])
+        bits, symmetric, n_groups = check_grid_bits(meta["bits"]), meta["symmetric"], meta["n_groups"]
+        if not isinstance(n_groups, int) or n_groups <= 0 or cols % n_groups:
+            raise ValueError(f"meta['n_groups'] must be a positive divisor of in_features={cols}; "
+                             f"got {n_groups!r}")
+        self = cls.__new__(cls)
+        self.shape, self.bits, self.symmetric = (rows, cols), bits, bool(symmetric)
+        n_bytes = packing.packed_nbytes(rows * cols, bits)
+        self.packed = state_tensor(tensors, "packed", torch.uint8, (n_bytes,))
+        self.scale = state_tensor(tensors, "scale", torch.float16, (rows, n_groups))
+        self.zero = None
+        if not self.symmetric:
+            packed_zero = state_tensor(tensors, "zero", torch.uint8,
+                                       (packing.packed_nbytes(rows * n_groups, bits),))
+            self.zero = packing.unpack(packed_zero, bits, rows * n_groups).reshape(rows, n_groups)
+        self.stores_g_idx = "g_idx" in tensors
+        if self.stores_g_idx:
+            self.g_idx = state_tensor(tensors, "g_idx", torch.int32, (cols,))
+            if int(self.g_idx.min()) < 0 or int(self.g_idx.max()) >= n_groups:
+                raise ValueError(f"state tensor 'g_idx' must hold group indices 0..{n_groups - 1}")
+        else:
+            self.g_idx = (torch.arange(cols) // (cols // n_groups)).to(torch.int32)
+        self.loss = float(meta.get("loss", float("nan")))
+        return self
 
 
 class GPTQ(Method):
     """GPTQ; options ``blocksize, percdamp, act_order, static_groups, symmetric, reference_groups``.
 
-    Needs ``hessian``. The options are those of :func:`gptq_quantize`; ``symmetric`` picks the grid.
+    Needs ``hessian``. The options are those of :func:`gptq_quantize`; ``symmetric`` picks the grid;
+    ``seed`` is unused (deterministic).
     """
 
-    def quantize(self, w: torch.Tensor, bits: float, group_size: int | None = None,
-                 hessian: torch.Tensor | None = None, seed: int = 0, **options: Any) -> GPTQWeight:
-        """Quantize ``w`` with ``hessian = E[x xᵀ]`` (``[in, in]``); ``seed`` is unused (deterministic)."""
-        unknown = set(options) - set(_OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for gptq; allowed: {sorted(_OPTIONS)}")
-        opts = {**_OPTIONS, **options}
-        self.check_args(w, bits, group_size)
-        check_hessian(hessian, w.shape[1], required=True, method="gptq")
-        grid = Grid(int(bits), symmetric=bool(opts["symmetric"]))
+    def check_options(self, opts: dict[str, Any]) -> None:
+        if opts["blocksize"] <= 0:
+            raise ValueError(f"blocksize must be a positive int; got {opts['blocksize']!r}")
+        if opts["percdamp"] < 0:
+            raise ValueError(f"percdamp must be a non-negative number; got {opts['percdamp']!r}")
+
+    def _quantize(self, w: torch.Tensor, bits: float, group_size: int | None, hessian: torch.Tensor | None,
+                  seed: int, opts: dict[str, Any]) -> GPTQWeight:
+        biggest = float(w.abs().max())
+        if 0 < biggest < _FP16_TINY:
+            raise ValueError(f"w's largest |value| is {biggest:.3g}, below the smallest float16 scale "
+                             f"({_FP16_TINY:.3g}): every weight would round to 0. Multiply the weight by a "
+                             "power of two (and divide the layer's output by it) before quantizing")
+        grid = Grid(int(bits), symmetric=opts["symmetric"])
         result = gptq_quantize(w, hessian, grid, blocksize=opts["blocksize"], percdamp=opts["percdamp"],
-                               group_size=group_size, act_order=bool(opts["act_order"]),
-                               static_groups=bool(opts["static_groups"]),
-                               reference_groups=bool(opts["reference_groups"]))
+                               group_size=group_size, act_order=opts["act_order"],
+                               static_groups=opts["static_groups"], reference_groups=opts["reference_groups"])
         return GPTQWeight(result, grid)
 
 
 METHODS = {
     "gptq": GPTQ(name="gptq", supported_bits=(1, 2, 3, 4, 5, 6, 7, 8), needs_hessian=True,
                  description="GPTQ/OPTQ: column-wise rounding with Hessian-based error feedback",
-                 defaults=dict(_OPTIONS)),
+                 defaults={"blocksize": 128, "percdamp": 0.01, "act_order": False, "static_groups": False,
+                           "symmetric": False, "reference_groups": False}),
 }

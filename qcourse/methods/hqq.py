@@ -58,8 +58,8 @@ from typing import Any
 import torch
 
 from qcourse import grouping
-from qcourse.methods.base import Method, check_weight
-from qcourse.methods.rtn import AffineQuantizedWeight, round_scale
+from qcourse.affine import AffineQuantizedWeight, round_scale
+from qcourse.methods.base import Method, check_bits, check_weight, parse_options
 from qcourse.packing import TERNARY
 
 __all__ = [
@@ -69,6 +69,21 @@ __all__ = [
 
 DEFAULTS: dict[str, Any] = {"p": 0.7, "beta": 10.0, "kappa": 1.01, "iters": 20, "early_stop": True,
                             "tol": 0.0, "axis": 1, "round_zero": False, "optimize": True}
+
+
+def _check_p_beta(p: Any, beta: Any) -> None:
+    if isinstance(beta, bool) or not (isinstance(beta, int | float) and beta > 0):
+        raise ValueError(f"beta must be a positive number; got {beta!r}")
+    if isinstance(p, bool) or not (isinstance(p, int | float) and 0 < p <= 1):
+        raise ValueError(f"p must be in (0, 1]; got {p!r}")
+
+
+def _check_solver_params(p: Any, beta: Any, kappa: Any, iters: Any) -> None:
+    _check_p_beta(p, beta)
+    if isinstance(kappa, bool) or not (isinstance(kappa, int | float) and kappa >= 1):
+        raise ValueError(f"kappa must be a number ≥ 1; got {kappa!r}")
+    if isinstance(iters, bool) or not (isinstance(iters, int) and iters >= 0):
+        raise ValueError(f"iters must be a non-negative int; got {iters!r}")
 
 
 def shrink_lp(x: torch.Tensor, beta: float, p: float = 0.7) -> torch.Tensor:
@@ -86,10 +101,7 @@ def shrink_lp(x: torch.Tensor, beta: float, p: float = 0.7) -> torch.Tensor:
     """
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
         raise TypeError(f"x must be a floating-point torch.Tensor; got {type(x).__name__}")
-    if not (isinstance(beta, int | float) and beta > 0):
-        raise ValueError(f"beta must be a positive number; got {beta!r}")
-    if not (isinstance(p, int | float) and 0 < p <= 1):
-        raise ValueError(f"p must be in (0, 1]; got {p!r}")
+    _check_p_beta(p, beta)
     a = x.abs()
     if p == 1:
         return torch.sign(x) * (a - 1.0 / beta).clamp_min(0.0)
@@ -183,27 +195,13 @@ def optimize(w: torch.Tensor, scale_inv: torch.Tensor, zero: torch.Tensor, bits:
     True
     """
     maxq = _maxq(bits)
-    if not (isinstance(iters, int) and not isinstance(iters, bool) and iters >= 0):
-        raise ValueError(f"iters must be a non-negative int; got {iters!r}")
-    if not (isinstance(kappa, int | float) and kappa >= 1):
-        raise ValueError(f"kappa must be a number ≥ 1; got {kappa!r}")
-    if not (isinstance(beta, int | float) and beta > 0):
-        raise ValueError(f"beta must be a positive number; got {beta!r}")
-    if not (isinstance(p, int | float) and 0 < p <= 1):
-        raise ValueError(f"p must be in (0, 1]; got {p!r}")
-    w = w.float()
-    scale_inv = scale_inv.float()
-    z = zero.float()
+    _check_solver_params(p, beta, kappa, iters)
+    w, scale_inv, z = w.float(), scale_inv.float(), zero.float()
     best_err, best_z, best_iter, history = float("inf"), z, 0, []
-    # The loop is the four steps of the module docstring written with preallocated buffers: on a
-    # 4096×4096 weight every temporary is 64 MB, and allocating them afresh dominates the run time.
-    # It computes exactly what shrink_lp and zero_step compute (tests check this against the package).
-    w_q, w_r, e, a, t = (torch.empty_like(w) for _ in range(5))
     for i in range(iters + 1):
-        torch.mul(w, scale_inv, out=w_q).add_(z).round_().clamp_(0, maxq)   # W_q
-        torch.sub(w_q, z, out=w_r).div_(scale_inv)                           # Ŵ
-        torch.sub(w, w_r, out=e)                                             # W − Ŵ
-        err = float(torch.abs(e, out=a).mean())
+        w_q = torch.round(w * scale_inv + z).clamp(0, maxq)     # 1. codes on the current grid
+        w_r = (w_q - z) / scale_inv                              #    and their dequantization Ŵ
+        err = float(torch.abs(w - w_r).mean())
         history.append(err)
         if best_err - err > tol or i == 0:
             best_err, best_z, best_iter = err, z, i
@@ -211,17 +209,11 @@ def optimize(w: torch.Tensor, scale_inv: torch.Tensor, zero: torch.Tensor, bits:
             break
         if i == iters:
             break
-        # W_e = shrink_p(e): sign(e)·max(|e| − |e|^(p−1)/β, 0), in the package's operation order
-        if p == 1:
-            t.fill_(1.0 / beta)
-        else:
-            torch.pow(a, p - 1, out=t).mul_(1.0 / beta)
-        t.neg_().add_(a).clamp_min_(0.0).mul_(torch.sign(e, out=w_r))
-        # z = mean(W_q − (W − W_e)·s')
-        z = torch.sub(w_q, torch.sub(w, t, out=a).mul_(scale_inv), out=a).mean(dim=-1, keepdim=True)
+        w_e = shrink_lp(w - w_r, beta, p)                        # 2. sparse error
+        z = zero_step(w, w_q, w_e, scale_inv)                    # 3. zero point
         if round_zero:
             z = torch.round(z)
-        beta *= kappa
+        beta *= kappa                                            # 4. β ← κβ
     codes = torch.round(w * scale_inv + best_z).clamp_(0, maxq)
     return HQQResult(codes, best_z, history, best_iter)
 
@@ -266,7 +258,20 @@ def lsq_refit(w: torch.Tensor, bits: int, iters: int = 20) -> tuple[torch.Tensor
     return best_s, best_z, history
 
 
-def _store(w: torch.Tensor, groups: torch.Tensor, scale_inv: torch.Tensor, zero: torch.Tensor, bits: int,
+#: HQQ's step is at least 1/2e4 = 5e-5 (``init_minmax``'s float16 guard) and its zero is stored in float16:
+#: a weight whose values all lie below float16's smallest normal number cannot be resolved at all
+_TOO_SMALL = 2.0**-14
+
+
+def _check_resolvable(w: torch.Tensor) -> None:
+    biggest = float(w.abs().max())
+    if 0 < biggest < _TOO_SMALL:
+        raise ValueError(f"w's largest |value| is {biggest:.3g}: HQQ's grid (step ≥ 5e-5, float16 zero "
+                         f"point) cannot resolve weights below {_TOO_SMALL:.3g} and would return zeros. "
+                         "Multiply the weight by a power of two (and divide the layer's output by it) first")
+
+
+def _store(w: torch.Tensor, groups: torch.Tensor, scale_inv: torch.Tensor, zero: torch.Tensor, bits: float,
            group_size: grouping.GroupSize, axis: int) -> AffineQuantizedWeight:
     """Round scale and zero to fp16, recompute codes with them, and pack."""
     scale16 = round_scale(1.0 / scale_inv, torch.float16)
@@ -278,21 +283,11 @@ def _store(w: torch.Tensor, groups: torch.Tensor, scale_inv: torch.Tensor, zero:
     return AffineQuantizedWeight(codes.to(torch.uint8), bits, group_size, axis, scale16, zero16)
 
 
-def quantize_hqq(w: torch.Tensor, bits: int, group_size: int | None = 64, **options: Any
-                 ) -> tuple[AffineQuantizedWeight, HQQResult | None]:
-    """HQQ end to end on a weight: group, initialise, optimise, store. Options as in ``DEFAULTS``.
-
-    Returns the stored weight and the solver's :class:`HQQResult` (``None`` when ``optimize=False``,
-    which is min–max RTN with HQQ's float zero).
-    """
-    unknown = set(options) - set(DEFAULTS)
-    if unknown:
-        raise ValueError(f"unknown option(s) {sorted(unknown)} for hqq; allowed: {sorted(DEFAULTS)}")
-    opts = {**DEFAULTS, **options}
-    check_weight(w)
-    bits = _check_bits(bits)
+def _hqq(w: torch.Tensor, bits: float, group_size: int | None, opts: dict[str, Any]
+         ) -> tuple[AffineQuantizedWeight, HQQResult | None]:
+    """HQQ on validated arguments: group, initialise, optimise, store."""
+    _check_resolvable(w)
     axis = opts["axis"]
-    grouping.check_layout(tuple(w.shape), group_size, axis)
     groups = grouping.to_groups(w.float(), group_size, axis).contiguous()
     scale_inv, zero = init_minmax(groups, bits, round_zero=opts["round_zero"])
     result = None
@@ -301,46 +296,59 @@ def quantize_hqq(w: torch.Tensor, bits: int, group_size: int | None = 64, **opti
                           iters=opts["iters"], early_stop=opts["early_stop"], tol=opts["tol"],
                           round_zero=opts["round_zero"])
         zero = result.zero
-    return _store(w, groups, scale_inv, zero, bits, group_size, axis), result
-
-
-def _as_bits(bits: float) -> float:
-    """The registry may pass 4.0 for 4; keep 1.58 as is."""
-    return TERNARY if bits == TERNARY else int(bits)
+    qw = _store(w, groups, scale_inv, zero, bits, group_size, axis)
+    qw.history = [] if result is None else result.history
+    return qw, result
 
 
 class HQQ(Method):
-    """HQQ proximal solver; options ``p, beta, kappa, iters, early_stop, tol, axis, round_zero, optimize``."""
+    """HQQ proximal solver; options ``p, beta, kappa, iters, early_stop, tol, axis, round_zero, optimize``.
 
-    def quantize(self, w: torch.Tensor, bits: float, group_size: int | None = None,
-                 hessian: torch.Tensor | None = None, seed: int = 0, **options: Any) -> AffineQuantizedWeight:
-        """Quantize ``w``; ``hessian`` and ``seed`` are ignored (HQQ is data-free and deterministic).
+    ``hessian`` and ``seed`` are ignored (HQQ is data-free and deterministic). The returned weight carries
+    ``history`` (the solver's per-iterate mean absolute error).
+    """
 
-        The returned weight carries ``history`` (the solver's per-iterate mean absolute error).
-        """
-        if bits not in self.supported_bits:
-            raise ValueError(f"bits must be one of {list(self.supported_bits)} for {self.name}; got {bits!r}")
-        qw, result = quantize_hqq(w, _as_bits(bits), group_size, **options)
-        qw.history = [] if result is None else result.history
-        return qw
+    def check_options(self, opts: dict[str, Any]) -> None:
+        grouping.check_layout((1, 1), None, opts["axis"])
+        if "p" in opts:
+            _check_solver_params(opts["p"], opts["beta"], opts["kappa"], opts["iters"])
+        elif opts["iters"] < 0:
+            raise ValueError(f"iters must be a non-negative int; got {opts['iters']!r}")
+
+    def check_group(self, shape: tuple[int, int], group_size: Any, opts: dict[str, Any]) -> None:
+        grouping.check_layout(shape, group_size, opts["axis"])   # groups may run down the outputs (axis 0)
+
+    def _quantize(self, w: torch.Tensor, bits: float, group_size: int | None, hessian: torch.Tensor | None,
+                  seed: int, opts: dict[str, Any]) -> AffineQuantizedWeight:
+        return _hqq(w, bits, group_size, opts)[0]
 
 
-class HQQLSQ(Method):
-    """The seed article's least-squares variant; option ``iters`` (20) and ``axis`` (1)."""
+def quantize_hqq(w: torch.Tensor, bits: float, group_size: int | None = 64, **options: Any
+                 ) -> tuple[AffineQuantizedWeight, HQQResult | None]:
+    """HQQ end to end on a weight: group, initialise, optimise, store. Options as in ``DEFAULTS``.
 
-    def quantize(self, w: torch.Tensor, bits: float, group_size: int | None = None,
-                 hessian: torch.Tensor | None = None, seed: int = 0, **options: Any) -> AffineQuantizedWeight:
-        unknown = set(options) - {"iters", "axis"}
-        if unknown:
-            raise ValueError(f"unknown option(s) {sorted(unknown)} for hqq-lsq; allowed: axis, iters")
-        if bits not in self.supported_bits:
-            raise ValueError(f"bits must be one of {list(self.supported_bits)} for {self.name}; got {bits!r}")
-        check_weight(w)
-        axis = options.get("axis", 1)
-        grouping.check_layout(tuple(w.shape), group_size, axis)
+    Returns the stored weight and the solver's :class:`HQQResult` (``None`` when ``optimize=False``,
+    which is min–max RTN with HQQ's float zero). ``methods.get("hqq").quantize`` returns only the weight.
+    """
+    hqq = METHODS["hqq"]
+    opts = parse_options(options, DEFAULTS, "hqq")
+    hqq.check_options(opts)
+    bits = check_bits(bits, hqq.supported_bits, "hqq")
+    check_weight(w)
+    hqq.check_group(tuple(w.shape), group_size, opts)
+    return _hqq(w.detach(), bits, group_size, opts)
+
+
+class HQQLSQ(HQQ):
+    """The seed article's least-squares variant; options ``iters`` (20) and ``axis`` (1)."""
+
+    def _quantize(self, w: torch.Tensor, bits: float, group_size: int | None, hessian: torch.Tensor | None,
+                  seed: int, opts: dict[str, Any]) -> AffineQuantizedWeight:
+        _check_resolvable(w)
+        axis = opts["axis"]
         groups = grouping.to_groups(w.float(), group_size, axis).contiguous()
-        scale_inv, zero, history = lsq_refit(groups, _as_bits(bits), options.get("iters", 20))
-        qw = _store(w, groups, scale_inv, zero, _as_bits(bits), group_size, axis)
+        scale_inv, zero, history = lsq_refit(groups, bits, opts["iters"])
+        qw = _store(w, groups, scale_inv, zero, bits, group_size, axis)
         qw.history = history
         return qw
 
