@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch threads (default: recipe's; changes bits)"
     )
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--bitnet", action="store_true",
+                    help="train the ternary BitNet b1.58 twin (lesson 05) with its own recipe")
     ev = sub.add_parser("eval", help="perplexity of the shipped model")
     ev.add_argument("--split", default="validation")
     ev.add_argument("--tokens", type=int, default=65536)
@@ -37,10 +39,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.command == "train":
-        from qcourse.lm.train import MODEL_CONFIG, TRAIN_CONFIG, train
+        from qcourse.lm.train import BITNET_TRAIN_CONFIG, MODEL_CONFIG, TRAIN_CONFIG, train
 
         changes = {k: getattr(args, k) for k in ("steps", "seed", "threads") if getattr(args, k) is not None}
-        cfg = replace(TRAIN_CONFIG, **changes)
+        cfg = replace(BITNET_TRAIN_CONFIG if args.bitnet else TRAIN_CONFIG, **changes)
         t0 = time.perf_counter()
         rec = train(MODEL_CONFIG, cfg, out=args.out, progress=not args.no_progress)
         v = rec["validation"]

@@ -41,7 +41,8 @@ from qcourse.lm.model import Llama, LlamaConfig
 from qcourse.lm.tokenizer import ByteTokenizer
 from qcourse.machine import machine_info
 
-__all__ = ["MODEL_CONFIG", "TRAIN_CONFIG", "TrainConfig", "train", "lr_at", "sha256_file", "machine_info"]
+__all__ = ["MODEL_CONFIG", "TRAIN_CONFIG", "BITNET_TRAIN_CONFIG", "TrainConfig", "train", "lr_at",
+           "weight_decay_at", "sha256_file", "machine_info"]
 
 #: architecture of the shipped model
 #: (d_ff = 3 d_model = 768 is divisible by every group size up to 256; 4 kv heads = grouped-query attention)
@@ -69,6 +70,12 @@ class TrainConfig:
     eval_every: int = 100  # 0 = only at the end
     eval_tokens: int = 8192  # validation tokens for the periodic estimate
     final_eval_tokens: int = 65536  # validation tokens for the recorded figure
+    #: "float" (nn.Linear) or "bitnet" (every linear inside the blocks is a ternary BitLinear)
+    model: str = "float"
+    #: "cosine" (warm-up, cosine to min_lr_ratio) or "two-stage" (BitNet b1.58's recipe: the same curve, cut
+    #: by stage2_lr_ratio halfway through, and weight decay switched off for the second half)
+    schedule: str = "cosine"
+    stage2_lr_ratio: float = 0.5
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "seq_len", "threads", "eval_tokens", "final_eval_tokens"):
@@ -83,10 +90,20 @@ class TrainConfig:
             raise ValueError(f"lr must be > 0; got {self.lr}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
+        if self.model not in ("float", "bitnet"):
+            raise ValueError(f"model must be 'float' or 'bitnet'; got {self.model!r}")
+        if self.schedule not in ("cosine", "two-stage"):
+            raise ValueError(f"schedule must be 'cosine' or 'two-stage'; got {self.schedule!r}")
+        if not 0 < self.stage2_lr_ratio <= 1:
+            raise ValueError(f"stage2_lr_ratio must be in (0, 1]; got {self.stage2_lr_ratio}")
 
 
 #: hyper-parameters of the shipped model
 TRAIN_CONFIG = TrainConfig()
+#: the ternary twin (lesson 05): same data, tokens, seed and architecture; BitLinear blocks, BitNet b1.58's
+#: two-stage schedule (weight decay 0.1, then 0) and twice the float model's peak learning rate, since trits
+#: only flip when the latent weights move far enough (BitNet trains with larger rates than its FP16 baseline)
+BITNET_TRAIN_CONFIG = TrainConfig(model="bitnet", schedule="two-stage", lr=6e-3, stage2_lr_ratio=0.5)
 
 
 def lr_at(step: int, cfg: TrainConfig) -> float:
@@ -100,7 +117,26 @@ def lr_at(step: int, cfg: TrainConfig) -> float:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     span = max(cfg.steps - 1 - cfg.warmup_steps, 1)
     progress = min((step - cfg.warmup_steps) / span, 1.0)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    lr = cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    return lr * cfg.stage2_lr_ratio if in_stage2(step, cfg) else lr
+
+
+def in_stage2(step: int, cfg: TrainConfig) -> bool:
+    """Whether step ``step`` is in the second half of a two-stage schedule (never for ``"cosine"``)."""
+    return cfg.schedule == "two-stage" and step >= cfg.steps // 2
+
+
+def weight_decay_at(step: int, cfg: TrainConfig) -> float:
+    """Weight decay of the matrices at ``step``: ``weight_decay``, and 0 in a two-stage run's second half.
+
+    BitNet b1.58's training notes switch weight decay off for the second stage: the magnitude of a latent
+    weight then acts as the confidence that its trit should not flip.
+
+    >>> tc = TrainConfig(steps=10, schedule="two-stage", weight_decay=0.1)
+    >>> weight_decay_at(4, tc), weight_decay_at(5, tc)
+    (0.1, 0.0)
+    """
+    return 0.0 if in_stage2(step, cfg) else cfg.weight_decay
 
 
 def sha256_file(path: str | os.PathLike) -> str:
@@ -153,6 +189,11 @@ def _train(model_config: LlamaConfig, config: TrainConfig, out: Any, progress: b
     val = corpus.encode_split(tok, "validation")
     torch.manual_seed(config.seed)
     model = Llama(model_config)
+    if config.model == "bitnet":
+        from qcourse.nn.bitlinear import to_bitlinear
+
+        # same initial latent weights as the float twin (same seed), then ternary forward passes
+        to_bitlinear(model)
     model.tokenizer = tok
     opt = torch.optim.AdamW(
         _param_groups(model, config.weight_decay), lr=config.lr, betas=(config.beta1, config.beta2), eps=1e-8
@@ -178,6 +219,7 @@ def _train(model_config: LlamaConfig, config: TrainConfig, out: Any, progress: b
         x, y = w[:, :-1], w[:, 1:]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, config)
+        opt.param_groups[0]["weight_decay"] = weight_decay_at(step, config)  # group 0: the matrices
         logits = model(x)
         loss = nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
@@ -222,9 +264,15 @@ def _train(model_config: LlamaConfig, config: TrainConfig, out: Any, progress: b
         "wall_seconds": wall,
         "tokens_per_second": tokens_seen / train_time,
         "machine": machine_info(config.threads),
-        "command": f"python -m qcourse.lm train --steps {config.steps}",
+        "command": f"python -m qcourse.lm train --steps {config.steps}"
+        + (" --bitnet" if config.model == "bitnet" else ""),
     }
     model.eval()
+    if config.model == "bitnet":
+        # ship the packed trits and scales, never the latent float weights
+        for m in model.modules():
+            if hasattr(m, "freeze"):
+                m.freeze()
     if out is not None:
         record["sha256"] = save(model, record, out)
     record["model"] = model
