@@ -168,17 +168,66 @@ class Llama(nn.Module):
             nn.init.normal_(m.weight, 0.0, 0.02)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        if tokens.ndim != 2:
-            raise ValueError(f"tokens must be [batch, seq]; got shape {tuple(tokens.shape)}")
+        hidden, extras = self.block_inputs(tokens)
+        for block in self.calibration_blocks():
+            hidden = self.run_block(block, hidden, extras)
+        return self.calibration_head()(self.head_input(hidden))
+
+    # The pieces of ``forward``, in the order it uses them. They are also the interface
+    # ``qcourse.nn.BlockwiseModel`` that block-by-block calibration (``quantize_model``) relies on, so the
+    # calibration passes run exactly this model's computation, never a copy of it.
+
+    def block_inputs(self, tokens: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """The hidden states entering the first block, and the rotary ``(cos, sin)`` every block needs.
+
+        ``(cos, sin)`` depend only on the sequence length, not on the tokens.
+
+        >>> cfg = LlamaConfig(vocab_size=16, d_model=8, n_layers=1, n_heads=2, d_ff=16, max_seq_len=4)
+        >>> model = Llama(cfg)
+        >>> hidden, (cos, sin) = model.block_inputs(torch.zeros(3, 4, dtype=torch.long))
+        >>> tuple(hidden.shape), tuple(cos.shape)
+        ((3, 4, 8), (4, 4))
+        """
+        if not isinstance(tokens, torch.Tensor) or tokens.ndim != 2:
+            got = tuple(tokens.shape) if isinstance(tokens, torch.Tensor) else type(tokens).__name__
+            raise ValueError(f"tokens must be [batch, seq]; got shape {got}")
         t = tokens.shape[1]
         if t > self.config.max_seq_len:
             raise ValueError(f"sequence length {t} exceeds max_seq_len={self.config.max_seq_len}")
         x = self.embed_tokens(tokens)
-        cos = self.rope_cos[:t].to(x.dtype)
-        sin = self.rope_sin[:t].to(x.dtype)
-        for layer in self.layers:
-            x = layer(x, cos, sin)
-        return self.lm_head(self.norm(x))
+        return x, (self.rope_cos[:t].to(x.dtype), self.rope_sin[:t].to(x.dtype))
+
+    def calibration_blocks(self) -> nn.ModuleList:
+        """The transformer blocks, in the order ``forward`` runs them."""
+        return self.layers
+
+    def run_block(
+        self, block: nn.Module, hidden: torch.Tensor, extras: tuple[torch.Tensor, torch.Tensor]
+    ) -> torch.Tensor:
+        """One block: ``hidden [B, T, d] -> [B, T, d]``, with the rotary tables from :meth:`block_inputs`."""
+        cos, sin = extras
+        return block(hidden, cos, sin)
+
+    def head_input(self, hidden: torch.Tensor) -> torch.Tensor:
+        """What the output head sees: the final RMSNorm of the last block's output."""
+        return self.norm(hidden)
+
+    def calibration_head(self) -> nn.Module:
+        """The output head, applied to :meth:`head_input` (``lm_head``)."""
+        return self.lm_head
+
+    def calibration_stages(self) -> list[list[str]]:
+        """A block's linears grouped in the order they compute (names inside a block).
+
+        Layers of one stage see the same input; each stage's inputs depend on the stages before it (GPTQ's
+        ``--true-sequential`` quantizes stage by stage).
+        """
+        return [
+            ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+            ["self_attn.o_proj"],
+            ["mlp.gate_proj", "mlp.up_proj"],
+            ["mlp.down_proj"],
+        ]
 
     def num_parameters(self, exclude_embeddings: bool = False) -> int:
         seen, n = set(), 0

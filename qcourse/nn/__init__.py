@@ -1,5 +1,9 @@
 """Model-level quantization: ``QuantLinear``, calibration hooks and ``quantize_model`` for any PyTorch model.
 
+``qcourse.nn`` never imports ``qcourse.lm``: it works on any ``nn.Module``, and a model that wants
+block-by-block calibration offers the small :class:`BlockwiseModel` interface (``qcourse.lm``'s ``Llama``
+does). Quantized models are saved and loaded with :func:`save_quantized` / :func:`load_quantized`.
+
 >>> import torch
 >>> from torch import nn
 >>> from qcourse.nn import quantize_model
@@ -12,6 +16,7 @@
 True
 """
 
+from qcourse.nn.blockwise import BlockwiseModel, calibrate_blockwise
 from qcourse.nn.calibration import (
     check_calibration,
     collect_hessians,
@@ -19,18 +24,23 @@ from qcourse.nn.calibration import (
     linear_layers,
     vocab_size,
 )
-from qcourse.nn.linear import QuantLinear, resolve_method
-from qcourse.nn.quantize import LayerReport, QuantReport, quantize_model
+from qcourse.nn.linear import QuantLinear
+from qcourse.nn.quantize import quantize_model
+from qcourse.nn.report import LayerReport, QuantReport
+from qcourse.nn.serialize import load_quantized, save_quantized
 
 __all__ = [
+    "BlockwiseModel",
     "LayerReport",
     "QuantLinear",
     "QuantReport",
+    "calibrate_blockwise",
     "check_calibration",
     "collect_hessians",
     "hessian_hooks",
     "linear_layers",
+    "load_quantized",
     "quantize_model",
-    "resolve_method",
+    "save_quantized",
     "vocab_size",
 ]

@@ -27,34 +27,20 @@ True
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qcourse import methods
 from qcourse.methods.base import Method, QuantizedWeight
 
-__all__ = ["QuantLinear", "resolve_method"]
+__all__ = ["QuantLinear"]
 
-
-def resolve_method(method: str | Method) -> Method:
-    """Turn a method name (``"rtn"``, ``"gptq"``, ...) or a :class:`Method` instance into a :class:`Method`.
-
-    >>> resolve_method("no-such-method")
-    Traceback (most recent call last):
-    ...
-    ValueError: method must be one of [...]; got 'no-such-method'
-    """
-    if isinstance(method, Method):
-        return method
-    if isinstance(method, str):
-        from qcourse import methods
-
-        return methods.get(method)
-    raise TypeError(
-        f"method must be a method name (str) or a qcourse.methods.Method; got {type(method).__name__}"
-    )
+#: version tag of the layout QuantLinear writes into a state dict (see ``QuantLinear._save_to_state_dict``)
+STATE_FORMAT = "qcourse.QuantLinear/1"
 
 
 class QuantLinear(nn.Module):
@@ -77,8 +63,13 @@ class QuantLinear(nn.Module):
     Notes
     -----
     Gradients flow to the input and the bias but never into the codes: ``Ŵ`` is decoded without
-    autograd and is a constant of the graph. The layer's ``state_dict`` holds only the bias; the codes live in
-    :attr:`qweight`.
+    autograd and is a constant of the graph; :meth:`named_parameters` holds only the bias.
+
+    The layer's ``state_dict`` holds everything needed to rebuild it, without pickle: the bias, every tensor
+    the quantized weight stores (``qweight.<name>``: packed codes, scales, zeros, codebooks, signs, as
+    :meth:`~qcourse.methods.base.QuantizedWeight.to_state` lists them) and ``qweight_meta``, the weight's
+    metadata (method class, shape, bit width...) as UTF-8 JSON in a ``uint8`` tensor, so that ``torch.save``,
+    ``load_state_dict`` and safetensors (:func:`qcourse.nn.save_quantized`) all carry it.
 
     Examples
     --------
@@ -148,7 +139,7 @@ class QuantLinear(nn.Module):
         """
         if not isinstance(linear, nn.Linear):
             raise TypeError(f"linear must be an nn.Linear; got {type(linear).__name__}")
-        m = resolve_method(method)
+        m = methods.get(method)
         # float32 copy without autograd history: methods work on plain float tensors
         w = linear.weight.detach().to(torch.float32)
         qweight = m.quantize(w, bits=bits, group_size=group_size, hessian=hessian, seed=seed, **options)
@@ -197,9 +188,103 @@ class QuantLinear(nn.Module):
         bias = None if self.bias is None else self.bias.to(x.dtype)
         return F.linear(x, w, bias)
 
+    # ---- state dict: the quantized weight travels as its tensors plus JSON metadata ---------------------
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        super()._save_to_state_dict(destination, prefix, keep_vars)  # the bias
+        try:
+            tensors, meta = self.qweight.to_state()
+        except NotImplementedError as e:
+            raise NotImplementedError(
+                f"QuantLinear {prefix.rstrip('.') or '(root)'}: its {type(self.qweight).__name__} cannot be "
+                f"saved ({e}); implement to_state() and register the class with weight_from_state"
+            ) from e
+        for key, t in tensors.items():
+            destination[f"{prefix}qweight.{key}"] = t if keep_vars else t.detach()
+        doc = {"format": STATE_FORMAT, "out_features": self.out_features, "in_features": self.in_features,
+               "weight": meta}
+        destination[prefix + "qweight_meta"] = encode_meta(doc)
+
+    def _load_from_state_dict(
+        self,
+        state_dict: dict,
+        prefix: str,
+        local_metadata: dict,
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        ours = [k for k in state_dict if k == prefix + "qweight_meta" or k.startswith(prefix + "qweight.")]
+        if prefix + "qweight_meta" not in state_dict:
+            missing_keys.append(prefix + "qweight_meta")
+        else:
+            try:
+                shape = (self.out_features, self.in_features)
+                self.qweight = weight_from_state_dict(state_dict, prefix, shape)
+                self.clear_cache()
+            except (ValueError, TypeError, KeyError) as e:
+                error_msgs.append(f"{prefix}qweight: {e}")
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        # the base class knows only parameters and buffers: the quantized weight's keys are expected here
+        unexpected_keys[:] = [k for k in unexpected_keys if k not in ours]
+
+    @classmethod
+    def from_state_dict(
+        cls, state_dict: dict[str, torch.Tensor], prefix: str = "", cache: bool = True
+    ) -> QuantLinear:
+        """Rebuild a layer from what its :meth:`state_dict` wrote under ``prefix`` (e.g. ``"mlp.up."``)."""
+        qweight = weight_from_state_dict(state_dict, prefix, None)
+        return cls(qweight, bias=state_dict.get(prefix + "bias"), cache=cache)
+
     def extra_repr(self) -> str:
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"bias={self.bias is not None}, "
             f"weight={type(self.qweight).__name__}, bits_per_weight={self.bits_per_weight:.4g}"
         )
+
+
+def encode_meta(doc: dict[str, Any]) -> torch.Tensor:
+    """JSON ``doc`` as a ``uint8`` tensor of its UTF-8 bytes (how metadata rides in a state dict).
+
+    >>> decode_meta(encode_meta({"bits": 2, "class": "X"}))
+    {'bits': 2, 'class': 'X'}
+    """
+    data = json.dumps(doc, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    return torch.tensor(list(data), dtype=torch.uint8)
+
+
+def decode_meta(t: torch.Tensor) -> dict[str, Any]:
+    """Inverse of :func:`encode_meta`; a clear ``ValueError`` if the bytes are not a JSON object."""
+    if not isinstance(t, torch.Tensor) or t.dtype != torch.uint8 or t.ndim != 1:
+        raise ValueError(f"metadata must be a 1-D uint8 tensor of JSON bytes; got {t!r:.60}")
+    try:
+        doc = json.loads(bytes(t.tolist()).decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"metadata is not UTF-8 JSON: {e}") from None
+    if not isinstance(doc, dict):
+        raise ValueError(f"metadata must be a JSON object; got {type(doc).__name__}")
+    return doc
+
+
+def weight_from_state_dict(
+    state_dict: dict[str, torch.Tensor], prefix: str, shape: tuple[int, int] | None
+) -> QuantizedWeight:
+    """The quantized weight a :class:`QuantLinear` saved under ``prefix`` (checked against ``shape``)."""
+    from qcourse.methods.base import weight_from_state
+
+    doc = decode_meta(state_dict[prefix + "qweight_meta"])
+    if doc.get("format") != STATE_FORMAT:
+        raise ValueError(f"unknown QuantLinear state format {doc.get('format')!r}; expected {STATE_FORMAT!r}")
+    saved = (int(doc["out_features"]), int(doc["in_features"]))
+    if shape is not None and saved != tuple(shape):
+        raise ValueError(f"saved weight is {saved[0]}×{saved[1]}; this layer is {shape[0]}×{shape[1]}")
+    start = prefix + "qweight."
+    tensors = {k[len(start):]: v for k, v in state_dict.items() if k.startswith(start)}
+    qweight = weight_from_state(tensors, doc["weight"])
+    if tuple(qweight.shape) != saved:
+        raise ValueError(f"rebuilt weight has shape {tuple(qweight.shape)}; the state says {saved}")
+    return qweight
