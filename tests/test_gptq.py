@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 import torch
 
@@ -12,50 +14,6 @@ from qcourse.methods.gptq import GPTQWeight, column_update, gptq_quantize, prepa
 GPTQ = methods.get("gptq")
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def _problem(out: int, n_in: int, seed: int, dead: tuple[int, ...] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    """A weight and H = E[x xᵀ] of correlated, unevenly scaled inputs (optionally some dead ones)."""
-    g = torch.Generator().manual_seed(seed)
-    mix = torch.randn(n_in, n_in, generator=g, dtype=torch.float64) / n_in**0.5
-    x = torch.randn(4 * n_in, n_in, generator=g, dtype=torch.float64) @ mix
-    x = x * torch.linspace(0.2, 3.0, n_in, dtype=torch.float64)[torch.randperm(n_in, generator=g)]
-    x[:, list(dead)] = 0
-    H = x.T @ x / x.shape[0]
-    w = torch.randn(out, n_in, generator=g) * 0.1
-    return w, H
-
-
-def naive_obs(w: torch.Tensor, H: torch.Tensor, grid: Grid, percdamp: float = 0.01,
-              group_size: int | None = None, act_order: bool = False, static_groups: bool = False
-              ) -> torch.Tensor:
-    """Textbook OBS column by column: explicit inverse and its downdate (no Cholesky, no blocks)."""
-    W, H = w.double().clone(), H.double().clone()
-    rows, cols = W.shape
-    g = group_size or cols
-    if group_size is None:
-        s, z = grid.params(W)
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    static = [grid.params(W[:, k:k + g]) for k in range(0, cols, g)] if static_groups else None
-    perm = torch.argsort(torch.diag(H), descending=True, stable=True) if act_order else torch.arange(cols)
-    W, H = W[:, perm], H[perm][:, perm]
-    H += percdamp * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=torch.float64)
-    Hinv = torch.linalg.inv(H)
-    Q = torch.zeros_like(W)
-    for j in range(cols):
-        if static is not None:
-            s, z = static[int(perm[j]) // g]
-        elif group_size is not None and j % g == 0:
-            s, z = grid.params(W[:, j:j + g])   # the current, already compensated weights
-        q = grid.dequant(grid.codes(W[:, j:j + 1], s, z), s, z)[:, 0]
-        # OBS: δ = −(w_j − q)/[H⁻¹]_jj · H⁻¹_{j,:} on the columns not yet quantized
-        W[:, j + 1:] -= torch.outer((W[:, j] - q) / Hinv[j, j], Hinv[j, j + 1:])
-        Q[:, j] = q
-        # remove column j from the problem: Schur-complement downdate of H⁻¹
-        Hinv = Hinv - torch.outer(Hinv[:, j], Hinv[j, :]) / Hinv[j, j]
-    return Q[:, torch.argsort(perm)]
 
 
 CONFIGS = [
@@ -72,27 +30,28 @@ CONFIGS = [
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: ",".join(f"{k}={v}" for k, v in c.items()) or "plain")
 @pytest.mark.parametrize("blocksize", [128, 5])
-def test_equals_naive_obs(cfg: dict, bits: int, blocksize: int) -> None:
-    w, H = _problem(16, 32, seed=bits, dead=(3,))
+def test_equals_naive_obs(cfg: dict, bits: int, blocksize: int, hessian_problem: Callable,
+                          naive_block_obs: Callable) -> None:
+    w, H = hessian_problem(16, 32, seed=bits, dead=(3,))
     grid = Grid(bits)
     res = gptq_quantize(w, H, grid, blocksize=blocksize, **cfg)
-    ref = naive_obs(w, H, grid, **cfg)
+    ref = naive_block_obs(w, H, grid, **cfg)
     assert torch.allclose(res.w_q.double(), ref, rtol=0, atol=1e-10), (res.w_q.double() - ref).abs().max()
     # the stored codes and grid rebuild exactly the same matrix
     qw = GPTQWeight(res, grid)
     assert torch.allclose(qw.dequantize(torch.float64), res.w_q.double(), atol=1e-6)
 
 
-def test_symmetric_grid_equals_naive_obs() -> None:
-    w, H = _problem(8, 24, seed=7)
+def test_symmetric_grid_equals_naive_obs(hessian_problem: Callable, naive_block_obs: Callable) -> None:
+    w, H = hessian_problem(8, 24, seed=7)
     grid = Grid(3, symmetric=True)
     res = gptq_quantize(w, H, grid, blocksize=7, group_size=12)
-    assert torch.allclose(res.w_q.double(), naive_obs(w, H, grid, group_size=12), atol=1e-10)
+    assert torch.allclose(res.w_q.double(), naive_block_obs(w, H, grid, group_size=12), atol=1e-10)
 
 
-def test_loss_is_half_the_damped_proxy_loss() -> None:
+def test_loss_is_half_the_damped_proxy_loss(hessian_problem: Callable) -> None:
     # OBS on a quadratic is exact: the per-column losses add up to ½ tr(ΔW H_damped ΔWᵀ)
-    w, H = _problem(12, 40, seed=11, dead=(0, 5))
+    w, H = hessian_problem(12, 40, seed=11, dead=(0, 5))
     res = gptq_quantize(w, H, Grid(3), group_size=8, act_order=True)
     Hd = H.clone()
     dead = torch.diag(Hd) == 0
@@ -105,8 +64,8 @@ def test_loss_is_half_the_damped_proxy_loss() -> None:
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
-def test_proxy_loss_below_rtn(bits: int) -> None:
-    w, H = _problem(64, 128, seed=20 + bits)
+def test_proxy_loss_below_rtn(bits: int, hessian_problem: Callable) -> None:
+    w, H = hessian_problem(64, 128, seed=20 + bits)
     for gs in (None, 32):
         rtn = dequantize_groups(*quantize_groups(w, bits, gs, scale_dtype=torch.float16))
         for act_order in (False, True):
@@ -114,18 +73,18 @@ def test_proxy_loss_below_rtn(bits: int) -> None:
             assert proxy_loss(w, res.w_q, H) < proxy_loss(w, rtn, H)
 
 
-def test_blocksize_does_not_change_the_result() -> None:
-    w, H = _problem(8, 48, seed=3)
+def test_blocksize_does_not_change_the_result(hessian_problem: Callable) -> None:
+    w, H = hessian_problem(8, 48, seed=3)
     a = gptq_quantize(w, H, Grid(2), blocksize=128, group_size=12)
     b = gptq_quantize(w, H, Grid(2), blocksize=7, group_size=12)
     assert torch.allclose(a.w_q, b.w_q, atol=1e-10) and torch.equal(a.codes, b.codes)
 
 
-def test_reference_groups_mode() -> None:
+def test_reference_groups_mode(hessian_problem: Callable) -> None:
     # IST-DASLab/gptq takes a dynamic group's grid from W, which is stale inside a lazy block. With one
     # group per block (blocksize == group_size) nothing is stale and both modes agree; with groups starting
     # mid-block they differ, and the default (fully updated weights) is the one equal to naive OBS.
-    w, H = _problem(8, 48, seed=4)
+    w, H = hessian_problem(8, 48, seed=4)
     same_a = gptq_quantize(w, H, Grid(2), blocksize=12, group_size=12, reference_groups=True)
     same_b = gptq_quantize(w, H, Grid(2), blocksize=12, group_size=12)
     assert torch.equal(same_a.w_q, same_b.w_q)
@@ -134,8 +93,8 @@ def test_reference_groups_mode() -> None:
     assert torch.allclose(stale.scale[:, 0], same_b.scale[:, 0])  # the first group is never stale
 
 
-def test_column_update_sets_column_to_q_and_follows_obs() -> None:
-    w, H = _problem(4, 6, seed=5)
+def test_column_update_sets_column_to_q_and_follows_obs(hessian_problem: Callable) -> None:
+    w, H = hessian_problem(4, 6, seed=5)
     wd, U = prepare_hessian(H, w.double(), 0.01)
     q = torch.round(wd[:, 0] * 4) / 4
     new, err = column_update(wd, 0, q, U[0])
@@ -147,8 +106,8 @@ def test_column_update_sets_column_to_q_and_follows_obs() -> None:
     assert torch.equal(wd, prepare_hessian(H, w.double(), 0.01)[0])  # input untouched
 
 
-def test_method_storage_and_accounting() -> None:
-    w, H = _problem(16, 64, seed=8)
+def test_method_storage_and_accounting(hessian_problem: Callable) -> None:
+    w, H = hessian_problem(16, 64, seed=8)
     qw = GPTQ.quantize(w.float(), 4, 32, hessian=H)
     assert isinstance(qw, GPTQWeight) and qw.packed.dtype == torch.uint8
     assert qw.bits_per_weight == 4 + (16 + 4) / 32
@@ -163,8 +122,8 @@ def test_method_storage_and_accounting() -> None:
         assert q.dequantize().shape == w.shape and torch.isfinite(q.dequantize()).all()
 
 
-def test_bad_input_errors() -> None:
-    w, H = _problem(4, 16, seed=9)
+def test_bad_input_errors(hessian_problem: Callable) -> None:
+    w, H = hessian_problem(4, 16, seed=9)
     with pytest.raises(ValueError, match="needs hessian"):
         GPTQ.quantize(w.float(), 4, 8)
     with pytest.raises(ValueError, match=r"hessian must be \[16, 16\]"):
