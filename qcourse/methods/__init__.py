@@ -29,6 +29,7 @@ _MODULES = {
     "hqq-lsq": "qcourse.methods.hqq",
     "gptq": "qcourse.methods.gptq",
     "aqlm": "qcourse.methods.aqlm",
+    "quip": "qcourse.methods.quip",
 }
 
 
