@@ -237,7 +237,9 @@ def test_compare_fn_and_report(capsys):
         return (got > 0) == (want > 0), f"sign of {case.label}"
 
     res = run_check("sign", lambda x: -x, lambda x: x, [Case("one", (1,)), Case("zero", (0,))],
-                    compare_fn=by_sign, hint="keep the sign")
+                    compare_fn=by_sign, hint="""
+                        keep the
+                        sign""")  # a paragraph hint prints as one line
     assert [c.ok for c in res.cases] == [False, True]
     assert capsys.readouterr().out == res.report() + "\n"
     assert res.failures() == "one: sign of one" and res.report().endswith("hint: keep the sign")

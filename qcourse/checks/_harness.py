@@ -370,7 +370,8 @@ def run_check(
     rtol, atol : float
         Tolerances for "allclose"; results that are bit-identical print "exact".
     hint : str
-        Printed after a failure: the most likely mistake, in one sentence.
+        Printed after a failure: the most likely mistakes, briefly. White space is folded, so a hint can be
+        written as an indented triple-quoted paragraph.
     verbose : bool
         Print one line per case and a summary (a "not implemented yet" line is always printed).
     result_names : sequence of str, optional
@@ -401,6 +402,7 @@ def run_check(
     if not callable(student_fn):
         raise TypeError(f"{name}: student_fn must be your function itself (e.g. check(my_fn)); "
                         f"got {type(student_fn).__name__}")
+    hint = " ".join(hint.split())
     cases = list(cases)
     if not cases:
         raise ValueError(f"{name}: cases must hold at least one Case; a check with no cases proves nothing")

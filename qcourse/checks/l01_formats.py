@@ -133,9 +133,11 @@ def check_decode_bits(student_fn: Callable[[int, str], float], verbose: bool = T
     return run_check(
         "decode_bits", many(student_fn), many(reference_decode_bits), _decode_cases(), rtol=0, atol=0,
         compare_fn=_compare_decoded,
-        hint="value = (-1)^s · (1 + m/2^M) · 2^(e − bias) for e > 0, and (m/2^M) · 2^(1 − bias) for e = 0 "
-             "(subnormal: no implicit 1, exponent 1 − bias). Biases: E4M3 7, E5M2 15, E2M1 1. E4M3 has no "
-             "infinity: only S.1111.111 is NaN; E5M2's all-ones exponent is ±inf (mantissa 0) or NaN.",
+        hint="""
+            value = (-1)^s · (1 + m/2^M) · 2^(e − bias) for e > 0, and (m/2^M) · 2^(1 − bias) for e = 0
+            (subnormal: no implicit 1, exponent 1 − bias). Biases: E4M3 7, E5M2 15, E2M1 1. E4M3 has no
+            infinity: only S.1111.111 is NaN; E5M2's all-ones exponent is ±inf (mantissa 0) or NaN.
+            """,
         verbose=verbose)
 
 
@@ -169,9 +171,11 @@ def check_round_to_grid(student_fn: Callable[[torch.Tensor, F.FloatFormat], torc
     """Check ``round_to_grid(x, fmt) -> tensor``: RNE onto ``fmt``'s grid, saturating at ±max."""
     return run_check(
         "round_to_grid", student_fn, reference_round_to_grid, _round_cases(), rtol=0, atol=0,
-        hint="find the nearest grid value of |x| (fmt.all_values()); on an exact tie take the one with the "
-             "even index among the non-negative values (= even mantissa); clamp |x| to fmt.max_value first; "
-             "keep the sign and let NaN through. Return a float32 tensor and leave x unchanged.",
+        hint="""
+            find the nearest grid value of |x| (fmt.all_values()); on an exact tie take the one with the
+            even index among the non-negative values (= even mantissa); clamp |x| to fmt.max_value first;
+            keep the sign and let NaN through. Return a float32 tensor and leave x unchanged.
+            """,
         verbose=verbose)
 
 
@@ -194,8 +198,10 @@ def check_bits_per_weight_block(student_fn: Callable[[float, int, int, int], flo
     ]
     return run_check(
         "bits_per_weight_block", student_fn, reference_bits_per_weight_block, cases, rtol=1e-12, atol=1e-12,
-        hint="every weight stores `bits`; each group of `group_size` weights also stores one scale and one "
-             "zero point, shared by the group.",
+        hint="""
+            every weight stores `bits`; each group of `group_size` weights also stores one scale and one
+            zero point, shared by the group.
+            """,
         verbose=verbose)
 
 

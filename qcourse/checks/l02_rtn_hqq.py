@@ -129,12 +129,14 @@ def check_quantize_groups(student_fn: Callable[[torch.Tensor, int, int], tuple[t
     return run_check(
         "quantize_groups", student_fn, reference_quantize_groups, _rtn_cases(), rtol=1e-6, atol=0,
         result_names=("codes", "scale", "zero"),
-        hint="per group of `group_size` consecutive inputs: scale = (max − min)/(2^bits − 1) (there are "
-             "2^bits levels, so 2^bits − 1 steps); zero = clamp(round(−min/scale), 0, 2^bits − 1); "
-             "codes = clamp(round(w/scale) + zero, 0, 2^bits − 1) — torch.round (ties to even), not floor "
-             "and not floor(x + 0.5); a group with max = min first widens its range to include 0, and an "
-             "all-zero group uses scale = 1. Return codes as torch.uint8, scale and zero as float32, and "
-             "leave w unchanged.",
+        hint="""
+            per group of `group_size` consecutive inputs: scale = (max − min)/(2^bits − 1) (there are 2^bits
+            levels, so 2^bits − 1 steps); zero = clamp(round(−min/scale), 0, 2^bits − 1); codes =
+            clamp(round(w/scale) + zero, 0, 2^bits − 1) — torch.round (ties to even), not floor and not
+            floor(x + 0.5); a group with max = min first widens its range to include 0, and an all-zero
+            group uses scale = 1. Return codes as torch.uint8, scale and zero as float32, and leave w
+            unchanged.
+            """,
         verbose=verbose)
 
 
@@ -159,9 +161,11 @@ def check_shrink_lp(student_fn: Callable[[torch.Tensor, float, float], torch.Ten
     """Check ``shrink_lp(x, beta, p) -> tensor``, HQQ's generalized soft-thresholding."""
     return run_check(
         "shrink_lp", student_fn, reference_shrink_lp, _shrink_cases(), rtol=1e-5, atol=1e-7,
-        hint="sign(x)·max(|x| − |x|^(p − 1)/β, 0): the exponent is p − 1 (not p), applied to |x| (a negative "
-             "base with a fractional power is NaN), divided by β, and clamped at 0 so no value changes sign; "
-             "at x = 0 the result is 0. Return x's dtype (float32 here) and leave x unchanged.",
+        hint="""
+            sign(x)·max(|x| − |x|^(p − 1)/β, 0): the exponent is p − 1 (not p), applied to |x| (a negative
+            base with a fractional power is NaN), divided by β, and clamped at 0 so no value changes sign;
+            at x = 0 the result is 0. Return x's dtype (float32 here) and leave x unchanged.
+            """,
         verbose=verbose)
 
 
@@ -191,10 +195,12 @@ def check_zero_step(student_fn: Callable[..., torch.Tensor], verbose: bool = Tru
     """Check ``zero_step(w, w_q, w_e, scale_inv) -> [G, 1]`` on groups stored as rows."""
     return run_check(
         "zero_step", student_fn, reference_zero_step, _zero_cases(), rtol=1e-5, atol=1e-6,
-        hint="Ŵ = (W_q − z)/s' should equal W − W_e, so z = W_q − (W − W_e)·s' for every weight; the least-"
-             "squares z is the mean of that over each group (each row, `dim=-1, keepdim=True`). Mind the "
-             "sign of W_e and multiply by the inverse scale s'. Return float32, as the inputs are, and leave "
-             "the inputs unchanged.",
+        hint="""
+            Ŵ = (W_q − z)/s' should equal W − W_e, so z = W_q − (W − W_e)·s' for every weight; the
+            least-squares z is the mean of that over each group (each row, `dim=-1, keepdim=True`). Mind the
+            sign of W_e and multiply by the inverse scale s'. Return float32, as the inputs are, and leave
+            the inputs unchanged.
+            """,
         verbose=verbose)
 
 
@@ -239,11 +245,13 @@ def check_gptq_column_step(student_fn: Callable[..., tuple[torch.Tensor, torch.T
     return run_check(
         "gptq_column_step", student_fn, reference_gptq_column_step, _gptq_cases(), rtol=1e-9, atol=1e-9,
         result_names=("block", "err"),
-        hint="q = scale·(clamp(round(w_i/scale) + zero, 0, 2^bits − 1) − zero) row by row, torch.round "
-             "(ties to even); err = (w_i − q)/U_ii (divide by the diagonal entry u_row[i]); then every "
-             "column j ≥ i — column i included, which becomes exactly q — moves by −err·U_ij. "
-             "Compute in float64 throughout (the inputs are float64; float32 cannot meet the check's "
-             "rtol 1e-9), work on a copy (w_block.clone()) and return (block, err).",
+        hint="""
+            q = scale·(clamp(round(w_i/scale) + zero, 0, 2^bits − 1) − zero) row by row, torch.round (ties
+            to even); err = (w_i − q)/U_ii (divide by the diagonal entry u_row[i]); then every column j ≥ i
+            — column i included, which becomes exactly q — moves by −err·U_ij. Compute in float64 throughout
+            (the inputs are float64; float32 cannot meet the check's rtol 1e-9), work on a copy
+            (w_block.clone()) and return (block, err).
+            """,
         verbose=verbose)
 
 
