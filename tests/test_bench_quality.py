@@ -136,10 +136,11 @@ def test_model_defaults():
 @pytest.mark.parametrize(
     ("argv", "match"),
     [
-        (["--methods", "nope"], r"method must be one of \["),
+        (["--methods", "nope"],
+         r"--methods: unknown method\(s\) \['nope'\]; available: \[.*'toy'.*\] \(or 'all'\)"),
         (
             ["--methods", "toy", "--bits", "3"],
-            r"--bits \[3\] not supported by method 'toy'; it supports \[2, 4, 8\]",
+            r"--bits: \[3\] not supported by method 'toy'; it supports \[2, 4, 8\]",
         ),
         (["--group-size", "0"], "group size must be a positive integer or 'none'"),
         (["--bits", "two"], "bits must be numbers"),
@@ -152,6 +153,29 @@ def test_bad_options_are_refused_before_any_work(tiny, argv, match):
     with pytest.raises(ValueError, match=match):
         quality.main(argv)
     assert tiny == []  # nothing was loaded
+
+
+def test_methods_come_from_the_registry_and_all_expands(tiny):
+    args = quality.parse_args(["--methods", "all", "--bits", "2"])
+    assert args.methods == qcourse.methods.available() and "toy" in args.methods
+    assert [m.name for m in args.resolved] == args.methods
+
+
+def test_a_method_without_group_size_runs_per_tensor_structure(tiny, monkeypatch):
+    import qcourse.nn
+
+    seen = []
+    real = qcourse.nn.quantize_model
+
+    def spy(model, method, **kwargs):
+        seen.append((method.name, kwargs["group_size"]))
+        return real(model, method, **kwargs)
+
+    monkeypatch.setattr(qcourse.nn, "quantize_model", spy)
+    monkeypatch.setattr(METHODS["toy"], "uses_group_size", False, raising=False)
+    result = quality.main(["--methods", "toy,toy-calib", "--bits", "4", *ARGS])
+    assert seen == [("toy", None), ("toy-calib", 16)]
+    assert [r["group_size"] for r in result["rows"]] == [None, 16]
 
 
 def test_group_size_not_dividing_names_the_layer(tiny):

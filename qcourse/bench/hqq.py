@@ -6,20 +6,26 @@ of each one's own dequantization. Timings are wall-clock seconds of one call eac
 with the thread count pinned (``*_seconds``), and the process CPU time of each call (``*_cpu_seconds``,
 less sensitive to other load on a shared machine); they are figures, never pass/fail.
 
-Options: ``--size N`` (square weight, default 4096), ``--group-size`` (64), ``--bits`` (``2,3,4``),
-``--dist`` (``student-t`` (df 3, the heavy tails of LLM weights) or ``gaussian``), ``--seed`` (0),
-``--threads`` (torch threads, default 2), ``--axis`` (1).
+Options: ``--size N`` (square weight, default 4096), ``--group-size`` (64, a divisor of the size),
+``--bits`` (``2,3,4``; any of HQQ's widths, ``1.58`` for ternary), ``--dist`` (``student-t`` (df 3, the
+heavy tails of LLM weights) or ``gaussian``), ``--seed`` (0), ``--threads`` (torch threads, default 2),
+``--axis`` (1). Bad values are refused before any work starts (a usage line and exit status 2 from the
+command line; :class:`~qcourse.bench.UsageError` from :func:`main`). The ``hqq`` package quantizes only the
+widths it supports (``ref_*`` is None for the others, with the reason in ``ref_note``).
 
 >>> out = main(["--size", "64", "--bits", "3"])
 >>> out["shape"], out["group_size"], [r["bits"] for r in out["rows"]]
 ([64, 64], 64, [3])
 >>> 0 < out["rows"][0]["ours_rel_error"] < 0.2
 True
+>>> main(["--size", "64", "--bits", "abc"])
+Traceback (most recent call last):
+...
+qcourse.bench.UsageError: argument --bits: bits must be numbers separated by commas, e.g. 2,3,4; got 'abc'
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import time
 from collections.abc import Sequence
@@ -27,7 +33,8 @@ from typing import Any
 
 import torch
 
-from qcourse.methods.hqq import quantize_hqq
+from qcourse.bench import ArgumentParser, bits_list, non_negative_int, positive_int
+from qcourse.methods.hqq import METHODS, quantize_hqq
 
 
 def make_weight(size: int, dist: str, seed: int) -> torch.Tensor:
@@ -63,23 +70,30 @@ def _reference() -> tuple[Any, str]:
 
 def main(argv: Sequence[str]) -> dict:
     """Run the benchmark and return its figures (see module docstring)."""
-    ap = argparse.ArgumentParser(prog="python -m qcourse.bench hqq")
-    ap.add_argument("--size", type=int, default=4096)
-    ap.add_argument("--group-size", type=int, default=64)
-    ap.add_argument("--bits", default="2,3,4")
+    ap = ArgumentParser(prog="python -m qcourse.bench hqq",
+                        description="Our HQQ beside the hqq package's on one seeded square weight.")
+    ap.add_argument("--size", type=positive_int, default=4096, help="rows = columns of the weight")
+    ap.add_argument("--group-size", type=positive_int, default=64, help="weights per group (divides --size)")
+    ap.add_argument("--bits", type=bits_list, default=[2, 3, 4],
+                    help="comma-separated widths; 1.58 = ternary")
     ap.add_argument("--dist", choices=["student-t", "gaussian"], default="student-t")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=non_negative_int, default=0)
+    ap.add_argument("--threads", type=positive_int, default=2, help="torch threads")
     ap.add_argument("--axis", type=int, choices=[0, 1], default=1)
     args = ap.parse_args(list(argv))
-    bits_list = [int(b) for b in args.bits.split(",")]
+    supported = list(METHODS["hqq"].supported_bits)
+    bad = [b for b in args.bits if b not in supported]
+    if bad:
+        ap.fail(f"argument --bits: {bad} not supported by HQQ; it supports {supported}")
+    if args.size % args.group_size:
+        ap.fail(f"argument --group-size: {args.group_size} does not divide --size {args.size}")
     before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
     try:
         w = make_weight(args.size, args.dist, args.seed)
         quantizer, ref_info = _reference()
         rows = []
-        for bits in bits_list:
+        for bits in args.bits:
             t0, c0 = time.perf_counter(), time.process_time()
             qw, res = quantize_hqq(w, bits, args.group_size, axis=args.axis)
             ours_s, ours_cpu = time.perf_counter() - t0, time.process_time() - c0
@@ -88,7 +102,10 @@ def main(argv: Sequence[str]) -> dict:
                                    "ours_rel_error": _rel(w, qw.dequantize()),
                                    "ours_iterations": len(res.history) - 1 if res else 0,
                                    "ours_bits_per_weight": qw.bits_per_weight}
-            if quantizer is not None:
+            if quantizer is not None and bits not in getattr(quantizer, "SUPPORTED_BITS", [bits]):
+                row.update(ref_seconds=None, ref_cpu_seconds=None, ref_rel_error=None,
+                           ref_note=f"hqq supports nbits {quantizer.SUPPORTED_BITS} only")
+            elif quantizer is not None:
                 t0, c0 = time.perf_counter(), time.process_time()
                 w_q, meta = quantizer.quantize(w, nbits=bits, group_size=args.group_size, axis=args.axis,
                                                optimize=True, round_zero=False, device="cpu")

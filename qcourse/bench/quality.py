@@ -17,13 +17,20 @@ plus context fields (calibration settings, seed, torch version and threads, mach
 perplexity ratio to full precision, the size-weighted relative weight error and the evaluation time.
 Times are measured, never asserted: a slow machine gives slower numbers, not a failure.
 
+``--methods`` accepts every name in :func:`qcourse.methods.available` (``all`` for all of them), so a new
+method is benchmarked as soon as it is registered. A method that declares ``uses_group_size = False``
+(its own structure, e.g. codebooks or a ternary scale per tensor) is run without a group size, and its rows
+say ``"group_size": null``. Bad options, a method name that does not exist and a bit width a method does
+not support are refused before any work starts (a :class:`~qcourse.bench.UsageError`; from the command
+line, a usage line and exit status 2).
+
 >>> args = parse_args(["--methods", "rtn", "--bits", "2,4", "--group-size", "none"])
 >>> args.methods, args.bits, args.group_size, args.tokens
 (['rtn'], [2, 4], None, 65536)
 >>> parse_args(["--bits", "4,x"])
 Traceback (most recent call last):
 ...
-ValueError: argument --bits: bits must be numbers separated by commas, e.g. 2,3,4; got '4,x'
+qcourse.bench.UsageError: argument --bits: bits must be numbers separated by commas, e.g. 2,3,4; got '4,x'
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from typing import Any
 import torch
 
 import qcourse
+from qcourse.bench import ArgumentParser, bits_list, group_size, names, non_negative_int, positive_int
 from qcourse.machine import machine_info
 
 #: per-model defaults: evaluation tokens, calibration sequences and their length
@@ -45,65 +53,25 @@ DEFAULTS = {
 }
 
 
-class _Parser(argparse.ArgumentParser):
-    """An argument parser that raises ``ValueError`` (a library call must not ``sys.exit``)."""
+def _parser() -> ArgumentParser:
+    from qcourse import methods
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise ValueError(message)
-
-
-def _bits_list(text: str) -> list[int | float]:
-    out: list[int | float] = []
-    for part in text.split(","):
-        try:
-            v = float(part)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"bits must be numbers separated by commas, e.g. 2,3,4; got {text!r}"
-            ) from None
-        if not v > 0:
-            raise argparse.ArgumentTypeError(f"bits must be positive; got {text!r}")
-        out.append(int(v) if v.is_integer() else v)
-    return out
-
-
-def _group_size(text: str) -> int | None:
-    if text.lower() in {"none", "per-channel", "row"}:
-        return None
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"group size must be a positive integer or 'none'; got {text!r}")
-    return int(text)
-
-
-def _names(text: str) -> list[str]:
-    names = [s.strip() for s in text.split(",") if s.strip()]
-    if not names:
-        raise argparse.ArgumentTypeError("give at least one method name, e.g. rtn,hqq,gptq")
-    return names
-
-
-def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer; got {text!r}")
-    return int(text)
-
-
-def parse_args(argv: Sequence[str]) -> argparse.Namespace:
-    """Parse and validate the options (model-dependent defaults filled in); ``ValueError`` on bad input."""
-    p = _Parser(prog="python -m qcourse.bench quality", description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(prog="python -m qcourse.bench quality", description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="austen", choices=sorted(DEFAULTS), help="model to quantize")
-    p.add_argument("--methods", type=_names, default=["rtn"], help="comma-separated method names")
-    p.add_argument("--bits", type=_bits_list, default=[2, 3, 4, 8], help="comma-separated bit widths")
-    p.add_argument("--group-size", type=_group_size, default=64, help="group size, or 'none' for per-channel")
+    p.add_argument("--methods", type=names, default=["rtn"],
+                   help=f"comma-separated methods, or 'all'; available: {','.join(methods.available())}")
+    p.add_argument("--bits", type=bits_list, default=[2, 3, 4, 8], help="comma-separated bit widths")
+    p.add_argument("--group-size", type=group_size, default=64, help="group size, or 'none' for per-channel")
     p.add_argument("--split", default="validation", choices=["train", "validation", "test"])
     p.add_argument(
-        "--tokens", type=_positive, default=None, help="evaluation tokens (model-dependent default)"
+        "--tokens", type=positive_int, default=None, help="evaluation tokens (model-dependent default)"
     )
     p.add_argument(
-        "--calib-sequences", type=_positive, default=None, help="calibration sequences (train split)"
+        "--calib-sequences", type=positive_int, default=None, help="calibration sequences (train split)"
     )
-    p.add_argument("--calib-seq-len", type=_positive, default=None, help="calibration sequence length")
-    p.add_argument("--seed", type=int, default=0, help="seed for calibration sampling and the methods")
+    p.add_argument("--calib-seq-len", type=positive_int, default=None, help="calibration sequence length")
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed for calibration sampling and the methods")
     p.add_argument(
         "--gram-dtype",
         choices=["float64", "float32"],
@@ -116,27 +84,37 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         help="calibration-aware methods: quantize q/k/v, o, gate/up, down in turn within each block",
     )
     p.add_argument("--progress", action="store_true", help="show progress bars on stderr")
+    return p
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    """Parse and validate the options (model-dependent defaults filled in; ``all`` expanded to every
+    registered method); :class:`~qcourse.bench.UsageError` (a ``ValueError``) on bad input."""
+    from qcourse import methods
+
+    p = _parser()
     args = p.parse_args(list(argv))
     for key, value in DEFAULTS[args.model].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
-    if args.seed < 0:
-        raise ValueError(f"--seed must be a non-negative integer; got {args.seed}")
+    known = methods.available()
+    if args.methods == ["all"]:
+        args.methods = list(known)
+    unknown = [m for m in args.methods if m not in known]
+    if unknown:
+        p.fail(f"argument --methods: unknown method(s) {unknown}; available: {known} (or 'all')")
+    args.resolved = [methods.get(name) for name in args.methods]
+    for m in args.resolved:
+        bad = [b for b in args.bits if b not in m.supported_bits]
+        if bad:
+            p.fail(f"argument --bits: {bad} not supported by method {m.name!r}; it supports "
+                   f"{list(m.supported_bits)}")
     return args
 
 
-def _check_combinations(args: argparse.Namespace) -> list[Any]:
-    """Resolve every method and refuse unsupported bit widths before any slow work starts."""
-    from qcourse import methods
-
-    resolved = [methods.get(name) for name in args.methods]
-    for m in resolved:
-        bad = [b for b in args.bits if b not in m.supported_bits]
-        if bad:
-            raise ValueError(
-                f"--bits {bad} not supported by method {m.name!r}; it supports {list(m.supported_bits)}"
-            )
-    return resolved
+def uses_group_size(method: Any) -> bool:
+    """Whether ``method`` takes a group size (``Method.uses_group_size``; True where it does not say)."""
+    return bool(getattr(method, "uses_group_size", True))
 
 
 def _machine() -> dict[str, Any]:
@@ -153,7 +131,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     from qcourse.notebook import seed_everything
 
     args = parse_args(argv)
-    resolved = _check_combinations(args)
+    resolved = args.resolved
     seed_everything(args.seed)
     started = time.perf_counter()
 
@@ -177,11 +155,12 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     rows = []
     for m in resolved:
         for bits in args.bits:
+            gs = args.group_size if uses_group_size(m) else None
             qmodel, report = quantize_model(
                 model,
                 m,
                 bits=bits,
-                group_size=args.group_size,
+                group_size=gs,
                 calib=calib if m.needs_hessian else None,
                 true_sequential=args.true_sequential and m.needs_hessian,
                 gram_dtype=getattr(torch, args.gram_dtype),
@@ -193,7 +172,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
                 {
                     "method": m.name,
                     "bits": bits,
-                    "group_size": args.group_size,
+                    "group_size": gs,
                     "bits_per_weight": report.bits_per_weight,
                     "ppl": ppl,
                     "ppl_ratio": ppl / fp_ppl,
