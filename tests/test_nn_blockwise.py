@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import copy
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,12 @@ from qcourse.nn import BlockwiseModel, QuantLinear, collect_hessians, quantize_m
 from qcourse.nn.blockwise import block_plan
 
 NN_DIR = Path(qcourse.nn.__file__).parent
+
+
+def test_importing_nn_loads_no_lm_module():
+    code = "import sys, qcourse.nn; print(sorted(m for m in sys.modules if m.startswith('qcourse.lm')))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
 
 
 def test_nn_never_imports_lm_not_even_in_doctests():

@@ -28,6 +28,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from qcourse.nn.linear import QuantLinear
+
 __all__ = [
     "HessianAccumulator",
     "Patterns",
@@ -112,11 +114,7 @@ def linear_layers(
         raise TypeError(f"quantized must be True or False; got {quantized!r}")
     inc = _patterns(include, "include")
     exc = _patterns(exclude, "exclude")
-    types: tuple[type, ...] = (nn.Linear,)
-    if quantized:
-        from qcourse.nn.linear import QuantLinear  # linear.py imports this module: import when needed
-
-        types = (nn.Linear, QuantLinear)
+    types: tuple[type, ...] = (nn.Linear, QuantLinear) if quantized else (nn.Linear,)
     every = {name: m for name, m in model.named_modules() if isinstance(m, types)}
     if inc is not None:
         for p in inc:

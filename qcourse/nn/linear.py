@@ -7,22 +7,17 @@ without materialising ``Ŵ``.
 
 >>> import torch
 >>> from torch import nn
->>> from qcourse.methods.base import Method, QuantizedWeight
->>> class Halves(QuantizedWeight):  # a toy "method": round to multiples of 1/2, 4 bits per weight
-...     def __init__(self, w):
-...         self.shape, self.q = tuple(w.shape), torch.round(2 * w) / 2
-...     def dequantize(self, dtype=torch.float32):
-...         return self.q.to(dtype)
-...     @property
-...     def storage_bits(self):
-...         return 4 * self.q.numel()
->>> lin = nn.Linear(4, 3)
->>> q = QuantLinear(Halves(lin.weight.detach()), bias=lin.bias)
+>>> torch.manual_seed(0)
+<torch._C.Generator object at ...>
+>>> lin = nn.Linear(64, 3)
+>>> q = QuantLinear.from_linear(lin, "rtn", bits=4, group_size=32)
 >>> q
-QuantLinear(in_features=4, out_features=3, bias=True, weight=Halves, bits_per_weight=4)
->>> x = torch.randn(2, 4)
+QuantLinear(in_features=64, out_features=3, bias=True, weight=AffineQuantizedWeight, bits_per_weight=4.625)
+>>> x = torch.randn(2, 64)
 >>> torch.allclose(q(x), x @ q.weight.T + lin.bias)
 True
+>>> sorted(q.state_dict())  # what saving it stores: bias, packed codes, scales, zeros, metadata
+['bias', 'qweight.packed', 'qweight.scale', 'qweight.zero', 'qweight_meta']
 """
 
 from __future__ import annotations

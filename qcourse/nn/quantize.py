@@ -382,27 +382,29 @@ class LayerQuantizer:
             # same kind of error, now naming the layer (a subclass's constructor may take other arguments)
             kind = TypeError if isinstance(e, TypeError) else ValueError
             raise kind(f"{where}: {e}") from e
-        seconds = time.perf_counter() - t0
-        # decode once: the error needs Ŵ, and the layer caches it (when cache=True) for its first forward
-        rel, proxy, wsq = layer_errors(lin.weight, q._decoded(torch.float32, lin.weight.device), hessian)
-        tied = self.tied.get(name)
-        self.rows.append(
-            LayerReport(
-                name=name,
-                shape=(lin.out_features, lin.in_features),
-                bits=self.layer_bits[name],
-                bits_per_weight=float(q.qweight.bits_per_weight),
-                storage_bits=int(q.qweight.storage_bits),
-                rel_error=rel,
-                proxy_loss=proxy,
-                seconds=seconds,
-                note=f"weight tied to {', '.join(tied)}, which keeps the float weight" if tied else "",
-                weight_sq=wsq,
-            )
-        )
+        self.rows.append(self._row(name, lin, q, hessian, time.perf_counter() - t0))
         _replace(self.model, lin, q)
         if self.bar is not None:
             self.bar.update(1)
+
+    def _row(
+        self, name: str, lin: nn.Module, q: QuantLinear, hessian: torch.Tensor | None, seconds: float
+    ) -> LayerReport:
+        # decode once: the error needs Ŵ, and the layer caches it (when cache=True) for its first forward
+        rel, proxy, wsq = layer_errors(lin.weight, q._decoded(torch.float32, lin.weight.device), hessian)
+        tied = self.tied.get(name)
+        return LayerReport(
+            name=name,
+            shape=(lin.out_features, lin.in_features),
+            bits=self.layer_bits[name],
+            bits_per_weight=float(q.qweight.bits_per_weight),
+            storage_bits=int(q.qweight.storage_bits),
+            rel_error=rel,
+            proxy_loss=proxy,
+            seconds=seconds,
+            note=f"weight tied to {', '.join(tied)}, which keeps the float weight" if tied else "",
+            weight_sq=wsq,
+        )
 
 
 def calibrate_and_quantize(
