@@ -253,7 +253,8 @@ def test_try_mutant_is_quiet_and_leaves_strict_mode_and_history(monkeypatch, cap
 
     assert _harness.try_mutant(check, _harness.Mutant("floor", torch.floor, "HALVES"))[0]
     assert not _harness.try_mutant(check, _harness.Mutant("floor", torch.floor, "no such text"))[0]
-    assert not _harness.try_mutant(check, _harness.Mutant("right", _round_ref, ""))[0]  # passing ≠ rejected
+    # a function that passes is not "rejected", whatever the fragment
+    assert not _harness.try_mutant(check, _harness.Mutant("right", _round_ref, "seeded"))[0]
     assert _harness.history() == [] and capsys.readouterr().out == ""
     import os
     assert os.environ[STRICT_ENV] == "1"
@@ -264,6 +265,18 @@ def test_bad_arguments():
         run_check("x", _round_ref, _round_ref, [])
     with pytest.raises(TypeError, match="student_fn must be your function"):
         run_check("x", torch.zeros(2), _round_ref, CASES)
+    with pytest.raises(TypeError, match="cases must be Case objects"):
+        run_check("x", _round_ref, _round_ref, [(torch.ones(2),)])
+    with pytest.raises(ValueError, match="rtol and atol must be >= 0"):
+        run_check("x", _round_ref, _round_ref, CASES, rtol=-1e-6)
+    with pytest.raises(TypeError, match="result_names must be a sequence of names"):
+        run_check("x", _round_ref, _round_ref, CASES, result_names="codes")
+    with pytest.raises(TypeError, match="compare_fn must be callable"):
+        run_check("x", _round_ref, _round_ref, CASES, compare_fn="exact")
+    with pytest.raises(TypeError, match="fn must be the wrong implementation"):
+        _harness.Mutant("floor", None, "halves")
+    with pytest.raises(ValueError, match="expect must be a non-empty fragment"):
+        _harness.Mutant("floor", torch.floor, " ")
 
 
 @settings(max_examples=30, deadline=None)

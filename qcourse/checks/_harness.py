@@ -406,6 +406,18 @@ def run_check(
     cases = list(cases)
     if not cases:
         raise ValueError(f"{name}: cases must hold at least one Case; a check with no cases proves nothing")
+    if not all(isinstance(c, Case) for c in cases):
+        kinds = sorted({type(c).__name__ for c in cases})
+        raise TypeError(f"{name}: cases must be Case objects; got {kinds}")
+    if not (rtol >= 0 and atol >= 0):
+        raise ValueError(f"{name}: rtol and atol must be >= 0; got rtol={rtol!r}, atol={atol!r}")
+    if result_names is not None and (isinstance(result_names, str)
+                                     or not all(isinstance(n, str) for n in result_names)):
+        raise TypeError(f"{name}: result_names must be a sequence of names such as ('codes', 'scale'); "
+                        f"got {result_names!r}")
+    if compare_fn is not None and not callable(compare_fn):
+        raise TypeError(f"{name}: compare_fn must be callable(got, want, case); "
+                        f"got {type(compare_fn).__name__}")
     results: list[CaseResult] = []
     not_implemented: list[dict[str, Any]] = []
     for case in cases:
@@ -465,6 +477,16 @@ class Mutant:
     id: str
     fn: Callable[..., Any]
     expect: str
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.id, str) or not self.id:
+            raise TypeError(f"Mutant id must be a non-empty str; got {self.id!r}")
+        if not callable(self.fn):
+            raise TypeError(f"Mutant {self.id!r}: fn must be the wrong implementation (a callable); "
+                            f"got {type(self.fn).__name__}")
+        if not isinstance(self.expect, str) or not self.expect.strip():
+            raise ValueError(f"Mutant {self.id!r}: expect must be a non-empty fragment of the failure "
+                             f"report; got {self.expect!r}")
 
 
 def try_mutant(check: Callable[..., CheckResult], mutant: Mutant) -> tuple[bool, str]:
