@@ -171,6 +171,18 @@ def _count(mask: np.ndarray, total: int) -> str:
     return f"{int(mask.sum())} of {total} values"
 
 
+def _got_expected(g: float, w: float) -> str:
+    """``got G, expected W`` with enough digits that the two printed numbers differ where they do.
+
+    >>> _got_expected(2.0, 3.0), _got_expected(-2.3337512, -2.3337513)
+    ('got 2, expected 3', 'got -2.3337512, expected -2.3337513')
+    """
+    digits = 6
+    if np.isfinite(g) and np.isfinite(w) and g != w:
+        digits = int(np.clip(np.ceil(np.log10(max(abs(g), abs(w)) / abs(g - w))) + 1, 6, 17))
+    return f"got {g:.{digits}g}, expected {w:.{digits}g}"
+
+
 def _compare_values(g: np.ndarray, w: np.ndarray, rtol: float, atol: float, *, float64_required: bool
                     ) -> tuple[bool, str]:
     """Element-wise comparison of two same-shaped arrays; the detail names NaN/inf mismatches first."""
@@ -202,7 +214,7 @@ def _compare_values(g: np.ndarray, w: np.ndarray, rtol: float, atol: float, *, f
         where = np.unravel_index(int(np.argmax(np.where(off, diff, -1.0))), w.shape) if w.ndim else ()
         at = f" at index {tuple(int(i) for i in where)}" if w.ndim else ""
         if w.ndim:
-            text = (f"max |diff| {np.max(diff):.4g}{at} (got {gf[where]:.6g}, expected {wf[where]:.6g}); "
+            text = (f"max |diff| {np.max(diff):.4g}{at} ({_got_expected(gf[where], wf[where])}); "
                     f"{_count(off, n)} differ")
         else:
             text = f"got {gf:.10g}, expected {wf:.10g}"
