@@ -125,11 +125,11 @@ def test_blockwise_on_a_non_llama_model_calibrates_each_block_on_quantized_prede
     for name in ("blocks.2.up", "blocks.2.down"):
         lin = model.get_submodule(name)
         w_hat = qmodel.get_submodule(name).weight
-        d, w = (lin.weight - w_hat).double(), lin.weight.double()
+        d, w = (lin.weight.detach() - w_hat).double(), lin.weight.detach().double()
         h = H[name]
         expected = float(((d @ h) * d).sum() / ((w @ h) * w).sum())
         assert report[name].proxy_loss == pytest.approx(expected, rel=1e-6)
-    torch.testing.assert_close(qmodel(data), qmodel(data))  # and the quantized model runs
+    assert torch.isfinite(qmodel(data)).all()
 
 
 def test_head_hessians_come_from_head_input_of_quantized_blocks():
@@ -256,6 +256,21 @@ def test_calib_of_the_wrong_shape_names_calib_and_the_expected_input(shape, matc
         quantize_model(ConvNet(), "gptq", bits=4, group_size=64, calib=images, progress=False)
     with pytest.raises(ValueError, match=match):
         collect_hessians(ConvNet(), images)
+
+
+def test_calib_that_block_inputs_refuses_names_calib():
+    class Images(Tower):  # a block-wise model of float inputs [n, t, 16] (no vocabulary)
+        def __init__(self):
+            super().__init__()
+            del self.embed
+
+        def block_inputs(self, x):
+            return x.view(x.shape[0], x.shape[1], 16), (torch.ones(x.shape[1], 1),)
+
+    fits = r"calib of shape \(4, 10, 12\) does not fit the model: Images\.block_inputs failed .* RuntimeError"
+    with pytest.raises(ValueError, match=fits):
+        quantize_model(Images(), "gptq", bits=4, group_size=None, calib=torch.randn(4, 10, 12),
+                       progress=False)
 
 
 def test_all_zero_calibration_data_is_refused_naming_the_layer():

@@ -167,7 +167,15 @@ class _Timer:
 
 def _first_inputs(model: BlockwiseModel, data: torch.Tensor, batch_size: int) -> tuple[torch.Tensor, tuple]:
     """Hidden states entering the first block for all of ``data`` (computed in batches), and the extras."""
-    outs = [model.block_inputs(b) for b in batches(data, batch_size)]
+    parts = list(batches(data, batch_size))
+    try:
+        first = model.block_inputs(parts[0])
+    except (RuntimeError, ValueError, TypeError, IndexError) as e:
+        raise ValueError(
+            f"calib of shape {tuple(data.shape)} does not fit the model: {type(model).__name__}.block_inputs "
+            f"failed on the first calibration batch with {type(e).__name__}: {e}"
+        ) from e
+    outs = [first] + [model.block_inputs(b) for b in parts[1:]]
     return torch.cat([h for h, _ in outs]), outs[0][1]
 
 
