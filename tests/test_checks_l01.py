@@ -10,6 +10,8 @@ import math
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qcourse.checks as checks
 from qcourse import formats as F
@@ -100,3 +102,30 @@ def test_failing_check_prints_a_hint(capsys: pytest.CaptureFixture[str]) -> None
     L.check_bits_per_weight_block(lambda b, g, s, z: b)
     out = capsys.readouterr().out
     assert "✗" in out and "hint:" in out and "zero point" in out
+
+
+# ---- the references the checks use, against independent implementations --------------------------------
+
+TORCH_FP8 = {"e4m3": torch.float8_e4m3fn, "e5m2": torch.float8_e5m2}
+
+
+@pytest.mark.parametrize("fmt_name", sorted(TORCH_FP8))
+def test_decode_reference_matches_torch_float8_on_every_pattern(fmt_name: str) -> None:
+    want = torch.arange(256, dtype=torch.uint8).view(TORCH_FP8[fmt_name]).double().tolist()
+    got = [L.reference_decode_bits(c, fmt_name) for c in range(256)]
+    assert all(g == w or (math.isnan(g) and math.isnan(w)) for g, w in zip(got, want, strict=True))
+
+    def via_torch(bits: int, name: str) -> float:
+        if name not in TORCH_FP8:  # torch has no E2M1 dtype to view as
+            return L.reference_decode_bits(bits, name)
+        return torch.tensor([bits], dtype=torch.uint8).view(TORCH_FP8[name]).item()
+
+    assert L.check_decode_bits(via_torch, verbose=False).passed
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.floats(-448, 448, allow_nan=False, width=32), min_size=1, max_size=32))
+def test_round_reference_matches_torch_float8_cast_in_range(values: list[float]) -> None:
+    # inside the range, torch's cast is round-to-nearest-even: the same grid and the same ties
+    x = torch.tensor(values, dtype=torch.float32)
+    assert torch.equal(L.reference_round_to_grid(x, F.E4M3), x.to(torch.float8_e4m3fn).float())

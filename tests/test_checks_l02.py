@@ -10,6 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import qcourse.checks as checks
 from qcourse.checks import l02_rtn_hqq as L
@@ -112,3 +114,32 @@ def test_failing_check_prints_a_hint(capsys: pytest.CaptureFixture[str]) -> None
     L.check_shrink_lp(lambda x, b, p: x)
     out = capsys.readouterr().out
     assert "✗" in out and "hint:" in out and "p − 1" in out
+
+
+def _numpy_rtn(w: np.ndarray, bits: int, g: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Group RTN written in NumPy float32 from the exercise text, independent of the package."""
+    grp = w.astype(np.float32).reshape(-1, g)
+    maxq = np.float32(2**bits - 1)
+    lo, hi = grp.min(1, keepdims=True), grp.max(1, keepdims=True)
+    flat = hi == lo
+    lo, hi = np.where(flat, np.minimum(lo, 0), lo), np.where(flat, np.maximum(hi, 0), hi)
+    scale = np.where(hi == lo, np.float32(1), (hi - lo) / maxq).astype(np.float32)
+    zero = np.clip(np.round(-lo / scale), 0, maxq)          # np.round: half to even
+    codes = np.clip(np.round(grp / scale) + zero, 0, maxq)
+    rows = w.shape[0]
+    return codes.astype(np.uint8).reshape(w.shape), scale.reshape(rows, -1), zero.reshape(rows, -1)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(1, 3), st.integers(1, 3), st.sampled_from([1, 2, 5, 8]), st.integers(1, 8),
+       st.data())
+def test_rtn_reference_matches_numpy_from_the_exercise_text(rows: int, groups: int, g: int, bits: int,
+                                                             data: st.DataObject) -> None:
+    values = data.draw(st.lists(st.sampled_from([0.0, 0.5, -0.5, 1.5, 2.5, -3.0, 7.0])
+                                | st.floats(-1e3, 1e3, width=32), min_size=rows * groups * g,
+                                max_size=rows * groups * g))
+    w = np.array(values, dtype=np.float32).reshape(rows, groups * g)
+    codes, scale, zero = L.reference_quantize_groups(torch.from_numpy(w), bits, g)
+    n_codes, n_scale, n_zero = _numpy_rtn(w, bits, g)
+    assert np.array_equal(codes.numpy(), n_codes)
+    assert np.array_equal(scale.numpy(), n_scale) and np.array_equal(zero.numpy(), n_zero)
