@@ -46,7 +46,7 @@ from qcourse.methods.bitnet import (
     ternary_dequantize,
 )
 
-__all__ = ["BitLinear", "rms_norm", "to_bitlinear"]
+__all__ = ["BitLinear", "SeedArticleBitLinear", "rms_norm", "to_bitlinear"]
 
 _NORM_EPS = 1e-5
 
@@ -105,6 +105,22 @@ class BitLinear(nn.Module):
         new.load_state_dict(layer.state_dict())
         return new
 
+    @classmethod
+    def from_trits(cls, t: torch.Tensor, gamma: torch.Tensor | float, act_bits: int | None = 8) -> BitLinear:
+        """A frozen BitLinear computing with the trits ``t`` (``[out, in]``, in ``{−1, 0, 1}``) and ``γ``."""
+        if not isinstance(t, torch.Tensor) or t.ndim != 2:
+            raise ValueError(f"t must be a 2-D tensor of trits [out, in]; got {getattr(t, 'shape', t)!r}")
+        if t.is_floating_point() or (t.abs() > 1).any():
+            raise ValueError("t must hold integer trits in {-1, 0, 1}")
+        new = cls(int(t.shape[1]), int(t.shape[0]), act_bits=act_bits)
+        new._pack(t, torch.as_tensor(gamma, dtype=torch.float32))
+        return new.eval()
+
+    def _pack(self, t: torch.Tensor, gamma: torch.Tensor) -> None:
+        self.packed = packing.pack((t.to(torch.int16) + 1).to(torch.uint8).flatten(), 2)
+        self.gamma = gamma.detach().float().reshape(())
+        self.weight = None
+
     @property
     def frozen(self) -> bool:
         """Whether the layer runs from packed trits (after :meth:`freeze`)."""
@@ -156,10 +172,7 @@ class BitLinear(nn.Module):
         """Pack the trits (2-bit codes ``t + 1``) and ``γ``, drop the latent weights; returns ``self``."""
         if self.frozen:
             return self
-        t, gamma = absmean_ternary(self.weight)
-        self.packed = packing.pack((t + 1).to(torch.uint8).flatten(), 2)
-        self.gamma = gamma.reshape(())
-        self.weight = None
+        self._pack(*absmean_ternary(self.weight))
         return self.eval()
 
     def extra_repr(self) -> str:
@@ -186,3 +199,34 @@ def to_bitlinear(model: nn.Module, include: tuple[str, ...] = ("layers.",), act_
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, BitLinear.from_linear(getattr(parent, child), act_bits=act_bits))
     return model
+
+
+class SeedArticleBitLinear(nn.Module):
+    """The seed article's ``BitLinear``, kept as written, as a named comparison (lesson 05).
+
+    Its weight ternarization ``sign(W)·(|W| > γ/2)`` is BitNet's absmean RoundClip (see
+    :func:`qcourse.methods.bitnet.threshold_ternary`), but it has no straight-through estimator: ``sign``,
+    the comparison and ``round`` have zero gradient, so the weights only receive the gradient of the scale
+    ``γ = mean|W|`` (the same ``±1/n`` for every weight: a uniform change of all magnitudes, never a choice of
+    which trit to flip), and the input receives gradient only through the activation scale ``127/max|x|``
+    (one element per tensor). Activations are quantized per tensor, not per token. The tests and lesson 05
+    show that a model built from it does not learn.
+    """
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.randint(-1, 2, (out_features, in_features)).float())
+        self.scale = nn.Parameter(torch.ones(1))
+
+    def ternarize_weight(self) -> tuple[torch.Tensor, torch.Tensor]:
+        gamma = self.weight.abs().mean()
+        w_ternary = torch.sign(self.weight) * (self.weight.abs() > gamma * 0.5).float()
+        return w_ternary, gamma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x_scale = 127.0 / x.abs().max().clamp(min=1e-5)
+        x_quant = (x * x_scale).round().clamp(-128, 127)
+        w_ternary, w_scale = self.ternarize_weight()
+        y = F.linear(x_quant, w_ternary)
+        return y * (w_scale / x_scale) * self.scale
