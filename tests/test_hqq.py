@@ -267,3 +267,38 @@ def test_one_step_equals_the_packages_step_and_shrink() -> None:
     x = torch.randn(1000, generator=torch.Generator().manual_seed(0))
     for p in (1.0, 0.7, 0.4):
         assert torch.allclose(shrink_lp(x, 7.0, p), hqq_optimize.shrink_lp_op(x.clone(), 7.0, p))
+
+
+def test_optimize_is_built_from_shrink_lp_and_zero_step(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the solver is the lesson's two functions, not a second copy of their math
+    from qcourse.methods import hqq
+
+    w = grouping.to_groups(_student_t((16, 128), 15), 32).contiguous()
+    s, z = init_minmax(w, 3)
+    want = optimize(w, s, z, 3, early_stop=False, iters=4)
+    calls = {"shrink_lp": 0, "zero_step": 0}
+
+    def counted(name: str):
+        real = getattr(hqq, name)
+
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return real(*args, **kwargs)
+        return wrapper
+
+    for name in calls:
+        monkeypatch.setattr(hqq, name, counted(name))
+    got = optimize(w, s, z, 3, early_stop=False, iters=4)
+    assert calls["shrink_lp"] >= 4 and calls["zero_step"] == calls["shrink_lp"]
+    assert torch.equal(got.zero, want.zero) and got.history == want.history
+
+
+def test_hqq_accepts_a_parameter_and_scalar_parameters() -> None:
+    layer = torch.nn.Linear(64, 8)
+    qw = HQQ.quantize(layer.weight, 4, 32)            # requires_grad: detached, no autograd error
+    assert torch.equal(qw.dequantize(), HQQ.quantize(layer.weight.detach(), 4, 32).dequantize())
+    w = torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
+    s, z = init_minmax(w, 2)
+    per_group = optimize(w, torch.full_like(s, 0.7), z, 2)   # one value per group ...
+    shared = optimize(w, torch.tensor(0.7), z, 2)            # ... or one for all groups, broadcast
+    assert torch.equal(shared.zero, per_group.zero) and shared.history == per_group.history
