@@ -43,6 +43,13 @@ def _solution(root: Path, cells=CELLS, name: str = "99_demo.ipynb") -> Path:
     return path
 
 
+def _built(root: Path) -> Path:
+    """A course folder with one solution and its freshly built exercise; returns the exercise's path."""
+    _solution(root)
+    exercises.build(root)
+    return root / "exercises" / "99_demo.ipynb"
+
+
 def _fill_in(exercise: Path, answer: str = "return x + x  # my answer") -> None:
     """What a learner does in JupyterLab: replace the stub, run the cell, save (outputs included)."""
     nb = nbformat.read(exercise, as_version=4)
@@ -72,9 +79,7 @@ def cli(capsys, monkeypatch):
 
 # ------------------------------------------------------------------------------------------ data loss
 def test_build_keeps_a_filled_in_exercise_and_check_says_it_is_your_work(tmp_path):
-    _solution(tmp_path)
-    exercises.build(tmp_path)
-    ex = tmp_path / "exercises" / "99_demo.ipynb"
+    ex = _built(tmp_path)
     _fill_in(ex)
     mine = ex.read_bytes()
     (diff,) = exercises.check(tmp_path)
@@ -86,9 +91,8 @@ def test_build_keeps_a_filled_in_exercise_and_check_says_it_is_your_work(tmp_pat
 
 
 def test_build_keeps_edits_even_after_the_solution_changed(tmp_path):
-    sol = _solution(tmp_path)
-    exercises.build(tmp_path)
-    ex = tmp_path / "exercises" / "99_demo.ipynb"
+    ex = _built(tmp_path)
+    sol = tmp_path / "solutions" / "99_demo.ipynb"
     _fill_in(ex)
     mine = ex.read_bytes()
     nb = nbformat.read(sol, as_version=4)
@@ -100,9 +104,7 @@ def test_build_keeps_edits_even_after_the_solution_changed(tmp_path):
 
 
 def test_added_cell_and_unparsable_file_count_as_work(tmp_path):
-    _solution(tmp_path)
-    exercises.build(tmp_path)
-    ex = tmp_path / "exercises" / "99_demo.ipynb"
+    ex = _built(tmp_path)
     nb = nbformat.read(ex, as_version=4)
     nb.cells.append(nbformat.v4.new_code_cell("my_notes = 'scratch'"))
     nbformat.write(nb, ex)
@@ -114,9 +116,8 @@ def test_added_cell_and_unparsable_file_count_as_work(tmp_path):
 
 
 def test_untouched_exercise_is_updated_when_its_solution_changes(tmp_path):
-    sol = _solution(tmp_path)
-    exercises.build(tmp_path)
-    ex = tmp_path / "exercises" / "99_demo.ipynb"
+    ex = _built(tmp_path)
+    sol = tmp_path / "solutions" / "99_demo.ipynb"
     nb = nbformat.read(sol, as_version=4)
     nb.cells[0].source = "# Demo, revised"
     nbformat.write(nb, sol)
@@ -126,9 +127,7 @@ def test_untouched_exercise_is_updated_when_its_solution_changes(tmp_path):
 
 
 def test_running_an_untouched_exercise_is_not_an_edit(tmp_path):
-    _solution(tmp_path)
-    exercises.build(tmp_path)
-    ex = tmp_path / "exercises" / "99_demo.ipynb"
+    ex = _built(tmp_path)
     nb = nbformat.read(ex, as_version=4)
     nb.cells[3].outputs = [nbformat.v4.new_output("stream", text="<function double>\n")]
     nb.cells[3].execution_count = 1
@@ -139,9 +138,7 @@ def test_running_an_untouched_exercise_is_not_an_edit(tmp_path):
 
 
 def test_force_moves_the_edited_file_to_a_named_backup_first(tmp_path):
-    _solution(tmp_path)
-    exercises.build(tmp_path)
-    ex = tmp_path / "exercises" / "99_demo.ipynb"
+    ex = _built(tmp_path)
     _fill_in(ex)
     mine = ex.read_bytes()
     result = exercises.build(tmp_path, force=True, now=NOW)

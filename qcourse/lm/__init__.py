@@ -14,6 +14,7 @@ from qcourse.lm.model import Llama, LlamaConfig
 
 __all__ = [
     "MODELS", "Llama", "LlamaConfig", "generate", "is_smollm2_available", "load", "load_gguf", "perplexity",
+    "toy_model",
 ]
 
 #: names accepted by :func:`load`
@@ -49,6 +50,34 @@ def load(name: str = "austen", **kwargs: Any) -> Llama:
     if unknown:
         raise TypeError(f"lm.load({name!r}) takes the keyword arguments {sorted(allowed)}; got {unknown}")
     return loader(**kwargs)
+
+
+def toy_model(seed: int = 0, **config: Any) -> Llama:
+    """A small untrained byte-level :class:`Llama` with its tokenizer: for examples, tests and experiments.
+
+    Defaults: ``d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=32``; any :class:`LlamaConfig`
+    field may be given. The weights are drawn from a generator seeded with ``seed`` (the global RNG is left
+    alone), so the same call always gives the same model.
+
+    >>> m = toy_model(max_seq_len=16)
+    >>> m.config.max_seq_len, m.tokenizer.vocab_size, m.training
+    (16, 256, False)
+    >>> import torch
+    >>> torch.equal(toy_model().lm_head.weight, toy_model().lm_head.weight)
+    True
+    """
+    import torch
+
+    from qcourse.lm.tokenizer import ByteTokenizer
+
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int; got {seed!r}")
+    cfg = LlamaConfig(**{"d_model": 32, "n_layers": 1, "n_heads": 4, "d_ff": 64, "max_seq_len": 32, **config})
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = Llama(cfg)
+    model.tokenizer = ByteTokenizer()
+    return model.eval()
 
 
 def is_smollm2_available() -> bool:

@@ -6,13 +6,8 @@ an Austen split, cut them into non-overlapping windows of ``context`` tokens, pr
 inside each window (a window's first tokens see little context, the same for every model scored), and
 return ``exp(mean negative log-likelihood)`` over exactly ``tokens`` predictions.
 
->>> import torch
->>> from qcourse.lm.model import Llama, LlamaConfig
->>> from qcourse.lm.tokenizer import ByteTokenizer
->>> torch.manual_seed(0)  # doctest: +ELLIPSIS
-<torch._C.Generator object at ...>
->>> model = Llama(LlamaConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=64))
->>> model.tokenizer = ByteTokenizer()
+>>> from qcourse.lm import toy_model
+>>> model = toy_model(max_seq_len=64)      # untrained, byte-level
 >>> ppl = perplexity(model, tokens=1000)
 >>> 200 < ppl < 320  # an untrained byte model is close to uniform over 256 bytes
 True
@@ -56,15 +51,17 @@ def _device(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def nll(
-    model: nn.Module,
-    split: str | torch.Tensor = "validation",
-    tokens: int = 65536,
-    context: int | None = None,
-    batch_size: int = 16,
-    progress: bool = False,
-) -> float:
-    """Mean negative log-likelihood in nats per token (``log`` of :func:`perplexity`); same arguments."""
+def nll(model: nn.Module, split: str | torch.Tensor = "validation", tokens: int = 65536, **options: Any
+        ) -> float:
+    """Mean negative log-likelihood in nats per token (``log`` of :func:`perplexity`).
+
+    Takes :func:`perplexity`'s arguments (``context``, ``batch_size``, ``progress`` as keywords).
+    """
+    return _mean_nll(model, split, tokens, **options)
+
+
+def _mean_nll(model: nn.Module, split: str | torch.Tensor, tokens: int, context: int | None = None,
+              batch_size: int = 16, progress: bool = False) -> float:
     _check_model(model)
     _check_int("tokens", tokens, 1)
     _check_int("batch_size", batch_size, 1)
@@ -162,17 +159,14 @@ def perplexity(
 
     Examples
     --------
-    >>> import torch
-    >>> from qcourse.lm.model import Llama, LlamaConfig
-    >>> from qcourse.lm.tokenizer import ByteTokenizer
-    >>> m = Llama(LlamaConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=32))
-    >>> m.tokenizer = ByteTokenizer()
+    >>> from qcourse.lm import toy_model
+    >>> m = toy_model(max_seq_len=32)
     >>> a = perplexity(m, tokens=100, context=32)
     >>> b = perplexity(m, tokens=100, context=32, batch_size=1)
     >>> abs(a - b) < 1e-4 * a
     True
     """
-    return math.exp(nll(model, split, tokens, context, batch_size, progress))
+    return math.exp(_mean_nll(model, split, tokens, context, batch_size, progress))
 
 
 def generate(
@@ -208,11 +202,8 @@ def generate(
 
     Examples
     --------
-    >>> import torch
-    >>> from qcourse.lm.model import Llama, LlamaConfig
-    >>> from qcourse.lm.tokenizer import ByteTokenizer
-    >>> m = Llama(LlamaConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=16))
-    >>> m.tokenizer = ByteTokenizer()
+    >>> from qcourse.lm import toy_model
+    >>> m = toy_model(max_seq_len=16)
     >>> generate(m, "It is a truth", n=20, seed=1) == generate(m, "It is a truth", n=20, seed=1)
     True
     >>> generate(m, "Hi", n=5, temperature=0)
