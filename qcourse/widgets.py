@@ -61,11 +61,10 @@ def format_readout(w: torch.Tensor, fmt: str, granularity: str = "tensor") -> di
 
 
 def _bits(fmt: str, gran: str, w: torch.Tensor) -> float:
-    name = {"int4_asym": "int4"}.get(fmt, fmt)
     if fmt in ("mxfp4", "nvfp4") or gran in ("none", "tensor"):
-        return F.bits_per_weight(name)
+        return F.bits_per_weight(fmt)
     group = {"block32": 32, "block16": 16}.get(gran) or w[0].numel()
-    return F.bits_per_weight(name, group, 16, 16 if fmt == "int4_asym" else 0)
+    return F.bits_per_weight(fmt, group, 16, 16 if fmt == "int4_asym" else 0)
 
 
 def format_explorer(w: torch.Tensor, fmt: str = "fp8_e4m3", granularity: str = "tensor") -> Any:
@@ -107,13 +106,9 @@ def format_explorer(w: torch.Tensor, fmt: str = "fp8_e4m3", granularity: str = "
 def sweep_readout(sweep: Any, method: str, bits: int, group_size: int | None) -> dict[str, Any]:
     """One :class:`qcourse.sweeps.Sweep` result plus the read-out text the quantization explorer shows.
 
-    >>> from qcourse.lm.model import Llama, LlamaConfig
-    >>> from qcourse.lm.tokenizer import ByteTokenizer
+    >>> from qcourse import lm
     >>> from qcourse.sweeps import Sweep
-    >>> _ = torch.manual_seed(0)
-    >>> m = Llama(LlamaConfig(d_model=32, n_layers=1, n_heads=4, d_ff=64, max_seq_len=32))
-    >>> m.tokenizer = ByteTokenizer()
-    >>> r = sweep_readout(Sweep(m, tokens=64), "rtn", 4, 32)
+    >>> r = sweep_readout(Sweep(lm.load(), tokens=64), "rtn", 4, 32)
     >>> r["row"]["bits_per_weight"], "perplexity" in r["html"]
     (4.625, True)
     """
