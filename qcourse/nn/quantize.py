@@ -30,6 +30,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -348,8 +349,6 @@ class LayerQuantizer:
 
     def progress_bar(self) -> Any:
         """Context manager: a tqdm bar over layers while quantizing (a no-op without ``progress``)."""
-        from contextlib import nullcontext
-
         if not self.settings.progress:
             return nullcontext()
         from tqdm.auto import tqdm
