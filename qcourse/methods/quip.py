@@ -363,6 +363,9 @@ class QuIP(Method):
     ``seed`` draws the sign vectors.
     """
 
+    #: one scale per matrix, no groups (``qcourse.bench quality`` runs it with ``group_size=None``)
+    uses_group_size = False
+
     def check_options(self, opts: dict[str, Any]) -> None:
         if opts["codebook"] not in ("e8p", "scalar"):
             raise ValueError(f"codebook must be 'e8p' or 'scalar'; got {opts['codebook']!r}")
