@@ -30,6 +30,7 @@ _MODULES = {
     "gptq": "qcourse.methods.gptq",
     "aqlm": "qcourse.methods.aqlm",
     "quip": "qcourse.methods.quip",
+    "bitnet": "qcourse.methods.bitnet",
 }
 
 
