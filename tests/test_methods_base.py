@@ -60,20 +60,21 @@ def test_unknown_option_names_the_method_and_the_allowed_ones(name: str) -> None
         _quantize(name, _weight(), 4, colour="red")
 
 
-def test_option_types_are_checked() -> None:
+@pytest.mark.parametrize(("name", "options", "error", "message"), [
+    ("gptq", {"act_order": "no"}, TypeError, "act_order must be True or False for gptq; got 'no'"),
+    ("rtn", {"symmetric": 1}, TypeError, "symmetric must be True or False for rtn"),
+    ("hqq", {"iters": 2.5}, TypeError, "iters must be an int for hqq"),
+    ("hqq", {"beta": "10"}, TypeError, "beta must be a number for hqq"),
+    ("hqq", {"axis": 2}, ValueError, "axis must be 0 or 1"),
+    ("gptq", {"blocksize": 0}, ValueError, "blocksize must be a positive int"),
+])
+def test_option_types_and_values_are_checked(name: str, options: dict, error: type, message: str) -> None:
+    with pytest.raises(error, match=message):
+        _quantize(name, _weight(), 4, **options)
+
+
+def test_a_float_option_takes_an_int() -> None:
     w = _weight()
-    with pytest.raises(TypeError, match="act_order must be True or False for gptq; got 'no'"):
-        _quantize("gptq", w, 4, act_order="no")
-    with pytest.raises(TypeError, match="symmetric must be True or False for rtn"):
-        _quantize("rtn", w, 4, symmetric=1)
-    with pytest.raises(TypeError, match="iters must be an int for hqq"):
-        _quantize("hqq", w, 4, iters=2.5)
-    with pytest.raises(TypeError, match="beta must be a number for hqq"):
-        _quantize("hqq", w, 4, beta="10")
-    with pytest.raises(ValueError, match="axis must be 0 or 1"):
-        _quantize("hqq", w, 4, axis=2)
-    with pytest.raises(ValueError, match="blocksize must be a positive int"):
-        _quantize("gptq", w, 4, blocksize=0)
     # a float option takes an int, and the result is the same
     a, b = _quantize("hqq", w, 3, beta=10), _quantize("hqq", w, 3, beta=10.0)
     assert torch.equal(a.dequantize(), b.dequantize())
@@ -239,3 +240,24 @@ def test_a_weight_without_the_protocol_says_so() -> None:
     with pytest.raises(NotImplementedError, match="Plain does not implement to_state"):
         Plain().to_state()
     assert state_tensor({"a": torch.zeros(2)}, "a", torch.float32, (2,)).shape == (2,)
+
+
+def test_methods_import_building_blocks_and_base_never_each_other(repo_root) -> None:
+    import ast
+
+    folder = repo_root / "qcourse" / "methods"
+    siblings = {p.stem for p in folder.glob("*.py")} - {"__init__", "base"}
+    for path in folder.glob("*.py"):
+        if path.stem == "__init__":
+            continue
+        imported = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                imported.add(node.module)
+                if node.module == "qcourse.methods":
+                    imported |= {f"qcourse.methods.{a.name}" for a in node.names}
+            elif isinstance(node, ast.Import):
+                imported |= {a.name for a in node.names}
+        wrong = sorted(m for m in imported if m.removeprefix("qcourse.methods.") in siblings
+                       and m.startswith("qcourse.methods."))
+        assert not wrong, f"{path.name} imports another method: {wrong}"
