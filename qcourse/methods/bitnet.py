@@ -33,12 +33,23 @@ instead, the layout fast kernels read) plus one fp32 scale per tensor.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 import torch
+
+from qcourse import packing
+from qcourse.methods.base import Method, QuantizedWeight, state_tensor
+from qcourse.packing import TERNARY
 
 __all__ = [
     "WEIGHT_EPS", "ACT_EPS", "absmean_ternary", "ternary_dequantize", "threshold_ternary", "absmax_int8",
-    "absmax_dequantize", "fake_quant_weight", "fake_quant_activation",
+    "absmax_dequantize", "fake_quant_weight", "fake_quant_activation", "PACKINGS", "TernaryWeight",
+    "BitNetPTQ", "METHODS",
 ]
+
+#: storage layouts of the trits: name -> packing width (:mod:`qcourse.packing`)
+PACKINGS = {"base3": TERNARY, "2bit": 2}
 
 #: lower bound of the weight scale ``mean|W|`` in the reference code
 WEIGHT_EPS = 1e-5
@@ -146,3 +157,87 @@ def fake_quant_activation(x: torch.Tensor) -> torch.Tensor:
         q, s = absmax_int8(x)
         xq = absmax_dequantize(q, s).to(x.dtype)
     return _straight_through(x, xq)
+
+
+class TernaryWeight(QuantizedWeight):
+    """Trits packed base-3 (1.6 bits each) or 2 bits each, and one fp32 scale ``γ`` per tensor.
+
+    >>> import torch
+    >>> qw = TernaryWeight(torch.tensor([[1, 0, -1, 0, 1]], dtype=torch.int8), torch.tensor(0.5))
+    >>> qw.dequantize().tolist(), qw.storage_bits                # one byte of trits + a 32-bit scale
+    ([[0.5, 0.0, -0.5, 0.0, 0.5]], 40)
+    """
+
+    def __init__(self, trits: torch.Tensor, gamma: torch.Tensor, packing_kind: str = "base3") -> None:
+        if packing_kind not in PACKINGS:
+            raise ValueError(f"packing must be one of {sorted(PACKINGS)}; got {packing_kind!r}")
+        self.shape = (int(trits.shape[0]), int(trits.shape[1]))
+        self.packing_kind = packing_kind
+        codes = (trits.to(torch.int16) + 1).to(torch.uint8).flatten()
+        self.packed = packing.pack(codes, PACKINGS[packing_kind])
+        self.gamma = gamma.detach().float().reshape(())
+
+    def trits(self) -> torch.Tensor:
+        """The ternary codes ``t ∈ {−1, 0, 1}`` (``int8``, shaped like the weight)."""
+        codes = packing.unpack(self.packed, PACKINGS[self.packing_kind], self.numel)
+        return (codes.to(torch.int8) - 1).reshape(self.shape)
+
+    def dequantize(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        return ternary_dequantize(self.trits(), self.gamma).to(dtype)
+
+    @property
+    def storage_bits(self) -> int:
+        return self.packed.numel() * 8 + 32
+
+    def to_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        return {"packed": self.packed, "gamma": self.gamma}, self.state_meta(packing=self.packing_kind)
+
+    @classmethod
+    def from_state(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> TernaryWeight:
+        kind = meta.get("packing")
+        if kind not in PACKINGS:
+            raise ValueError(f"meta['packing'] must be one of {sorted(PACKINGS)}; got {kind!r}")
+        shape = (int(meta["shape"][0]), int(meta["shape"][1]))
+        packed = state_tensor(tensors, "packed", torch.uint8,
+                              (packing.packed_nbytes(shape[0] * shape[1], PACKINGS[kind]),))
+        gamma = state_tensor(tensors, "gamma", torch.float32, ())
+        new = cls.__new__(cls)
+        new.shape, new.packing_kind, new.packed, new.gamma = shape, kind, packed, gamma
+        return new
+
+
+class BitNetPTQ(Method):
+    """Ternary post-training quantization with BitNet b1.58's absmean quantizer (one scale per tensor).
+
+    ``bits`` must be 1.58; the group size does not apply (the scale is per tensor, as BitNet trains it);
+    option ``packing``: ``"base3"`` (1.6 bits per weight) or ``"2bit"`` (2 bits, the kernel layout).
+
+    >>> import torch
+    >>> from qcourse import methods
+    >>> qw = methods.get("bitnet").quantize(torch.randn(64, 256), bits=1.58)
+    >>> round(qw.bits_per_weight, 4)                          # 3277 bytes of trits + 32 bits of scale
+    1.6021
+    """
+
+    uses_group_size = False
+
+    def check_group(self, shape: tuple[int, int], group_size: Any, opts: dict[str, Any]) -> None:
+        if group_size is not None:
+            raise ValueError(f"group_size must be None for bitnet (one absmean scale per tensor); "
+                             f"got {group_size!r}")
+
+    def check_options(self, opts: dict[str, Any]) -> None:
+        if opts["packing"] not in PACKINGS:
+            raise ValueError(f"packing must be one of {sorted(PACKINGS)} for bitnet; got {opts['packing']!r}")
+
+    def _quantize(self, w: torch.Tensor, bits: float, group_size: int | None, hessian: torch.Tensor | None,
+                  seed: int, opts: dict[str, Any]) -> TernaryWeight:
+        t, gamma = absmean_ternary(w)
+        return TernaryWeight(t, gamma, opts["packing"])
+
+
+METHODS = {
+    "bitnet": BitNetPTQ(name="bitnet", supported_bits=(TERNARY,),
+                        description="BitNet b1.58 absmean ternary, one scale per tensor (post-training)",
+                        defaults={"packing": "base3"}),
+}
