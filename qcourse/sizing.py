@@ -16,9 +16,8 @@ What is here
 ------------
 * :func:`model_bytes`, :data:`GB`, :data:`GiB`; :data:`GPUS` (marketed memory sizes) and
   :func:`smallest_gpu`.
-* :func:`llama2_70b_linear_shapes` (the shapes of a real 70B model's linear layers) and
-  :func:`aqlm_bits_per_weight` (AQLM's codebook + code + scale accounting over those shapes; it moves to
-  the AQLM method, ``qcourse.methods.aqlm``, once that exists).
+* :func:`llama2_70b_linear_shapes`: the shapes of a real 70B model's linear layers, over which AQLM's
+  codebook + code + scale accounting (:func:`qcourse.methods.aqlm.bits_per_weight_layers`) is charged.
 * :func:`precision_table`: a 70B model's weights by precision, with the seed article's quoted figures
   (:data:`ARTICLE_TABLE`) beside the honest ones.
 """
@@ -30,10 +29,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from qcourse.formats import bits_per_weight
+from qcourse.methods.aqlm import bits_per_weight_layers as aqlm_bits
 
 __all__ = [
     "GB", "GiB", "GPUS", "ARTICLE_TABLE", "model_bytes", "smallest_gpu", "llama2_70b_linear_shapes",
-    "aqlm_bits_per_weight", "precision_table",
+    "precision_table",
 ]
 
 #: bytes in a (decimal) gigabyte, the unit of marketed GPU memory and of the seed article's sizes
@@ -100,40 +100,10 @@ def llama2_70b_linear_shapes() -> list[tuple[int, int]]:
     return per_block * 80
 
 
-def aqlm_bits_per_weight(shapes: Sequence[tuple[int, int]], in_group_size: int = 8, n_codebooks: int = 2,
-                         codebook_bits: int = 8, codebook_value_bits: int = 16,
-                         scale_bits: int = 16) -> float:
-    """AQLM storage over layers: codebooks + codes + per-row scales (AQLM paper App. H, Eq. 10).
-
-    Per layer ``[value_bits·g·M·2^B + d_out·(d_in/g)·M·B + scale_bits·d_out]``, summed and divided by the
-    total number of weights.
-
-    >>> round(aqlm_bits_per_weight([(28672, 8192)]), 3)   # the paper's gate_proj example: 2.002
-    2.002
-    >>> round(aqlm_bits_per_weight(llama2_70b_linear_shapes(), n_codebooks=1, codebook_bits=16), 3)
-    2.07
-    """
-    for name, v, lo in (("in_group_size", in_group_size, 1), ("n_codebooks", n_codebooks, 1),
-                        ("codebook_bits", codebook_bits, 1), ("codebook_value_bits", codebook_value_bits, 0),
-                        ("scale_bits", scale_bits, 0)):
-        if isinstance(v, bool) or not isinstance(v, int) or v < lo:
-            raise ValueError(f"{name} must be an int ≥ {lo}; got {v!r}")
-    total_bits, total_w = 0, 0
-    for d_out, d_in in shapes:
-        if d_in % in_group_size:
-            raise ValueError(f"in_group_size {in_group_size} must divide d_in; got d_in={d_in}")
-        total_bits += (codebook_value_bits * in_group_size * n_codebooks * 2**codebook_bits
-                       + d_out * (d_in // in_group_size) * n_codebooks * codebook_bits + scale_bits * d_out)
-        total_w += d_out * d_in
-    if total_w == 0:
-        raise ValueError("shapes is empty")
-    return total_bits / total_w
-
-
 def _precision_rows() -> list[tuple[str, float, str | None, str]]:
     """(name, bits per weight, article row, how the bits are counted)."""
     row = 8192  # Llama-2-70B hidden size: the row length of a per-channel scale
-    aqlm = aqlm_bits_per_weight(llama2_70b_linear_shapes())
+    aqlm = aqlm_bits(llama2_70b_linear_shapes())
     return [
         ("FP16/BF16", 16.0, "FP16", "16-bit values, no scale"),
         ("FP8 (E4M3, per-tensor scale)", 8.0, "FP8", "8-bit values; one FP32 scale per tensor (negligible)"),

@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from qcourse import formats as F
 from qcourse import sizing as S
+from qcourse.methods.aqlm import bits_per_weight_layers
 
 
 def test_units_and_model_bytes() -> None:
@@ -47,30 +48,14 @@ def test_smallest_gpu_matches_a_linear_scan(n_bytes: float, headroom: float) -> 
     assert S.smallest_gpu(n_bytes, headroom) == (holds[0] if holds else None)
 
 
-def test_aqlm_bits_match_a_brute_force_count() -> None:
-    # one 16x32 layer, 2 codebooks of 2^4 vectors of 8 fp16 values, 4-bit codes, fp16 row scales
-    d_out, d_in, g, m, b = 16, 32, 8, 2, 4
-    codebooks = m * (2**b) * g * 16
-    codes = d_out * (d_in // g) * m * b
-    scales = d_out * 16
-    expect = (codebooks + codes + scales) / (d_out * d_in)
-    assert S.aqlm_bits_per_weight([(d_out, d_in)], g, m, b) == expect
-    for bad in ({"in_group_size": 0}, {"n_codebooks": True}, {"codebook_bits": 0}, {"scale_bits": -1}):
-        with pytest.raises(ValueError, match=next(iter(bad))):
-            S.aqlm_bits_per_weight([(8, 8)], **bad)
-    with pytest.raises(ValueError, match="shapes is empty"):
-        S.aqlm_bits_per_weight([])
-
-
-def test_aqlm_bits_reproduce_the_reference_table() -> None:
-    # REFERENCE.md §2.2, Llama-2-70B column (computed from the paper's Eq. 10)
+def test_aqlm_bits_on_70b_shapes_reproduce_the_reference_table() -> None:
+    # REFERENCE.md §2.2, Llama-2-70B column (the AQLM paper's Eq. 10 over the real layer shapes)
     shapes = S.llama2_70b_linear_shapes()
-    assert round(S.aqlm_bits_per_weight(shapes, 8, 1, 16), 3) == 2.070
-    assert round(S.aqlm_bits_per_weight(shapes, 8, 1, 15), 3) == 1.911
-    assert round(S.aqlm_bits_per_weight(shapes, 8, 2, 8), 3) == 2.002
-    assert round(S.aqlm_bits_per_weight(shapes, 8, 1, 8), 3) == 1.002
-    with pytest.raises(ValueError, match="divide"):
-        S.aqlm_bits_per_weight([(4, 12)], in_group_size=8)
+    assert len(shapes) == 80 * 7 and sum(o * i for o, i in shapes) == 68_451_041_280
+    for (m, b), expect in {(1, 16): 2.070, (1, 15): 1.911, (2, 8): 2.002, (1, 8): 1.002}.items():
+        assert round(bits_per_weight_layers(shapes, m, b, 8), 3) == expect
+    by = {r["name"]: r for r in S.precision_table(70e9)}
+    assert by["AQLM 2×8 g8"]["bits_per_weight"] == bits_per_weight_layers(shapes)
 
 
 def test_precision_table() -> None:
