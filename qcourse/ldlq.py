@@ -197,6 +197,20 @@ def _check_loop_args(w: torch.Tensor, hessian: torch.Tensor, quantizer: Any, blo
     return d
 
 
+def _group_now(W: torch.Tensor, W1: torch.Tensor, Err1: torch.Tensor, U: torch.Tensor, i1: int, i: int,
+               g: int) -> torch.Tensor:
+    """The fully updated weights of the group starting at column ``i1 + i``, inside lazy block ``W1``.
+
+    Columns inside the lazy block already hold every update (``W1``); columns beyond it still lack the
+    block's pending updates ``Err1 @ U``, applied here to the group's part only. (``W[:, j:j+g]`` alone,
+    what ``IST-DASLab/gptq`` uses, misses the updates from the block's earlier columns.)
+    """
+    j, i2 = i1 + i, i1 + W1.shape[1]
+    inside = W1[:, i:min(i + g, i2 - i1)]
+    beyond = W[:, i2:j + g] - Err1[:, :i] @ U[i1:i1 + i, i2:j + g]
+    return torch.cat([inside, beyond], 1)
+
+
 def ldlq(w: torch.Tensor, hessian: torch.Tensor, quantizer: BlockQuantizer, *, blocksize: int = 128,
          percdamp: float = 0.01, group_size: int | None = None, act_order: bool = False,
          static_groups: bool = False, dtype: torch.dtype = torch.float64,
@@ -265,12 +279,7 @@ def ldlq(w: torch.Tensor, hessian: torch.Tensor, quantizer: BlockQuantizer, *, b
         for i in range(0, i2 - i1, d):
             j = i1 + i
             if group_size is not None and not static_groups and j % g == 0:
-                if reference_groups:
-                    current = W[:, j:j + g]  # misses the updates from columns i1..j−1 of this block
-                else:
-                    inside = W1[:, i:min(i + g, i2 - i1)]
-                    beyond = W[:, i2:j + g] - Err1[:, :i] @ U[i1:i1 + i, i2:j + g]  # lazily pending updates
-                    current = torch.cat([inside, beyond], 1)
+                current = W[:, j:j + g] if reference_groups else _group_now(W, W1, Err1, U, i1, i, g)
                 fitted[j // g] = quantizer.fit(current)
             c, q = fitted[int(gpos[j])].quantize(W1[:, i:i + d])
             W1, Err1[:, i:i + d] = block_update(W1, i, q.to(dtype), U1[i:i + d])
