@@ -261,3 +261,29 @@ def test_methods_import_building_blocks_and_base_never_each_other(repo_root) -> 
         wrong = sorted(m for m in imported if m.removeprefix("qcourse.methods.") in siblings
                        and m.startswith("qcourse.methods."))
         assert not wrong, f"{path.name} imports another method: {wrong}"
+
+
+def test_a_fresh_process_loads_a_saved_weight_without_importing_the_method(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    from safetensors.torch import save_file
+
+    qw = _quantize("gptq", _weight(), 3, 16, act_order=True)
+    tensors, meta = qw.to_state()
+    save_file(tensors, str(tmp_path / "w.safetensors"))
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    save_file({"want": qw.dequantize()}, str(tmp_path / "want.safetensors"))
+    code = (
+        "import json, sys, torch\n"
+        "from safetensors.torch import load_file\n"
+        "from qcourse.methods.base import weight_from_state\n"
+        "assert 'qcourse.methods.gptq' not in sys.modules\n"
+        f"d = {str(tmp_path)!r}\n"
+        "qw = weight_from_state(load_file(d + '/w.safetensors'), json.load(open(d + '/meta.json')))\n"
+        "assert torch.equal(qw.dequantize(), load_file(d + '/want.safetensors')['want']), 'differs'\n"
+        "print(type(qw).__name__)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "GPTQWeight"
