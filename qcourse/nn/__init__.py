@@ -16,6 +16,7 @@ does). Quantized models are saved and loaded with :func:`save_quantized` / :func
 True
 """
 
+from qcourse.nn.bitlinear import BitLinear, SeedArticleBitLinear, to_bitlinear
 from qcourse.nn.blockwise import BlockwiseModel, calibrate_blockwise
 from qcourse.nn.calibration import (
     check_calibration,
@@ -30,10 +31,12 @@ from qcourse.nn.report import LayerReport, QuantReport
 from qcourse.nn.serialize import load_quantized, save_quantized
 
 __all__ = [
+    "BitLinear",
     "BlockwiseModel",
     "LayerReport",
     "QuantLinear",
     "QuantReport",
+    "SeedArticleBitLinear",
     "calibrate_blockwise",
     "check_calibration",
     "collect_hessians",
@@ -42,5 +45,6 @@ __all__ = [
     "load_quantized",
     "quantize_model",
     "save_quantized",
+    "to_bitlinear",
     "vocab_size",
 ]
