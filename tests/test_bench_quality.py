@@ -156,9 +156,22 @@ def test_bad_options_are_refused_before_any_work(tiny, argv, match):
 
 
 def test_methods_come_from_the_registry_and_all_expands(tiny):
-    args = quality.parse_args(["--methods", "all", "--bits", "2"])
+    args = quality.parse_args(["--methods", "all", "--bits", "2,8"])
     assert args.methods == qcourse.methods.available() and "toy" in args.methods
     assert [m.name for m in args.resolved] == args.methods
+    # with 'all', widths a method lacks are skipped and reported; named explicitly, they are refused
+    assert ("toy-calib", 8) not in [(m.name, b) for m, b in args.runs]
+    assert {"method": "toy-calib", "bits": 8, "supported_bits": [2, 4]} in args.skipped
+    assert all(b in m.supported_bits for m, b in args.runs)
+    with pytest.raises(ValueError, match="no method supports"):
+        quality.parse_args(["--methods", "all", "--bits", "9"])
+
+def test_all_runs_each_method_at_the_widths_it_supports(tiny, monkeypatch):
+    monkeypatch.setattr(qcourse.methods, "_MODULES", {name: __name__ for name in METHODS})
+    result = quality.main(["--methods", "all", "--bits", "8", "--tokens", "64", "--group-size", "none"])
+    assert [(r["method"], r["bits"]) for r in result["rows"]] == [("toy", 8)]
+    assert result["calibration"] is None  # the calibrated method had nothing to run
+    assert {"method": "toy-calib", "bits": 8, "supported_bits": [2, 4]} in result["skipped"]
 
 
 def test_a_method_without_group_size_runs_per_tensor_structure(tiny, monkeypatch):

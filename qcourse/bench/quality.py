@@ -17,8 +17,9 @@ plus context fields (calibration settings, seed, torch version and threads, mach
 perplexity ratio to full precision, the size-weighted relative weight error and the evaluation time.
 Times are measured, never asserted: a slow machine gives slower numbers, not a failure.
 
-``--methods`` accepts every name in :func:`qcourse.methods.available` (``all`` for all of them), so a new
-method is benchmarked as soon as it is registered. A method that declares ``uses_group_size = False``
+``--methods`` accepts every name in :func:`qcourse.methods.available` (``all`` for all of them, each at
+the requested widths it supports; the others are listed under ``"skipped"``), so a new method is
+benchmarked as soon as it is registered. A method that declares ``uses_group_size = False``
 (its own structure, e.g. codebooks or a ternary scale per tensor) is run without a group size, and its rows
 say ``"group_size": null``. Bad options, a method name that does not exist and a bit width a method does
 not support are refused before any work starts (a :class:`~qcourse.bench.UsageError`; from the command
@@ -98,17 +99,25 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, value)
     known = methods.available()
-    if args.methods == ["all"]:
+    every = args.methods == ["all"]
+    if every:
         args.methods = list(known)
     unknown = [m for m in args.methods if m not in known]
     if unknown:
         p.fail(f"argument --methods: unknown method(s) {unknown}; available: {known} (or 'all')")
     args.resolved = [methods.get(name) for name in args.methods]
+    # (method, bits) to run; with 'all', a width a method does not support is skipped (and reported),
+    # a method named explicitly must support every width asked for
+    args.runs, args.skipped = [], []
     for m in args.resolved:
         bad = [b for b in args.bits if b not in m.supported_bits]
-        if bad:
+        if bad and not every:
             p.fail(f"argument --bits: {bad} not supported by method {m.name!r}; it supports "
                    f"{list(m.supported_bits)}")
+        args.runs += [(m, b) for b in args.bits if b not in bad]
+        args.skipped += [{"method": m.name, "bits": b, "supported_bits": list(m.supported_bits)} for b in bad]
+    if not args.runs:
+        p.fail(f"argument --bits: no method supports {args.bits}")
     return args
 
 
@@ -131,7 +140,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     from qcourse.notebook import seed_everything
 
     args = parse_args(argv)
-    resolved = args.resolved
+    resolved = list({m.name: m for m, _ in args.runs}.values())  # methods with something to run
     seed_everything(args.seed)
     started = time.perf_counter()
 
@@ -153,36 +162,35 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         )
 
     rows = []
-    for m in resolved:
-        for bits in args.bits:
-            gs = args.group_size if uses_group_size(m) else None
-            qmodel, report = quantize_model(
-                model,
-                m,
-                bits=bits,
-                group_size=gs,
-                calib=calib if m.needs_hessian else None,
-                true_sequential=args.true_sequential and m.needs_hessian,
-                gram_dtype=getattr(torch, args.gram_dtype),
-                seed=args.seed,
-                progress=args.progress,
-            )
-            ppl, eval_seconds = score(qmodel)
-            rows.append(
-                {
-                    "method": m.name,
-                    "bits": bits,
-                    "group_size": gs,
-                    "bits_per_weight": report.bits_per_weight,
-                    "ppl": ppl,
-                    "ppl_ratio": ppl / fp_ppl,
-                    "rel_error": report.rel_error,
-                    "layers": len(report),
-                    "quantize_seconds": report.seconds,
-                    "eval_seconds": eval_seconds,
-                }
-            )
-            del qmodel
+    for m, bits in args.runs:
+        gs = args.group_size if uses_group_size(m) else None
+        qmodel, report = quantize_model(
+            model,
+            m,
+            bits=bits,
+            group_size=gs,
+            calib=calib if m.needs_hessian else None,
+            true_sequential=args.true_sequential and m.needs_hessian,
+            gram_dtype=getattr(torch, args.gram_dtype),
+            seed=args.seed,
+            progress=args.progress,
+        )
+        ppl, eval_seconds = score(qmodel)
+        rows.append(
+            {
+                "method": m.name,
+                "bits": bits,
+                "group_size": gs,
+                "bits_per_weight": report.bits_per_weight,
+                "ppl": ppl,
+                "ppl_ratio": ppl / fp_ppl,
+                "rel_error": report.rel_error,
+                "layers": len(report),
+                "quantize_seconds": report.seconds,
+                "eval_seconds": eval_seconds,
+            }
+        )
+        del qmodel
 
     return {
         "benchmark": "quality",
@@ -191,6 +199,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         "tokens": args.tokens,
         "fp_ppl": fp_ppl,
         "rows": rows,
+        "skipped": args.skipped,
         "group_size": args.group_size,
         "quantized": "every nn.Linear except lm_head",
         "calibration": (
