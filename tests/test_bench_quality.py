@@ -166,6 +166,7 @@ def test_methods_come_from_the_registry_and_all_expands(tiny):
     with pytest.raises(ValueError, match="no method supports"):
         quality.parse_args(["--methods", "all", "--bits", "9"])
 
+
 def test_all_runs_each_method_at_the_widths_it_supports(tiny, monkeypatch):
     monkeypatch.setattr(qcourse.methods, "_MODULES", {name: __name__ for name in METHODS})
     result = quality.main(["--methods", "all", "--bits", "8", "--tokens", "64", "--group-size", "none"])
