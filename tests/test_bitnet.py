@@ -218,6 +218,14 @@ def test_train_bitnet_ships_packed_trits_only(tmp_path):
     state = load_file(str(tmp_path / "model.safetensors"))
     assert "layers.0.mlp.up_proj.packed" in state and "layers.0.mlp.up_proj.weight" not in state
     assert state["layers.0.mlp.up_proj.packed"].dtype == torch.uint8
+    # the loader recognises packed trits and rebuilds frozen BitLinear blocks with identical outputs
+    from qcourse.lm.embedded import load_embedded
+
+    back = load_embedded(path=tmp_path)
+    assert isinstance(back.layers[0].mlp.up_proj, BitLinear) and back.layers[0].mlp.up_proj.frozen
+    tokens = torch.randint(0, 256, (2, 16))
+    with torch.no_grad():
+        assert torch.equal(back(tokens), rec["model"](tokens))
 
 
 # ------------------------------------------------------------------------------------------ TQ1_0 / TQ2_0

