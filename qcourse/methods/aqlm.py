@@ -709,6 +709,9 @@ class AQLM(Method):
     result includes codebooks and scales, so it is above ``bits``.
     """
 
+    #: ``bench quality`` and other callers pass no group size to AQLM
+    uses_group_size = False
+
     def check_options(self, opts: dict[str, Any]) -> None:
         if opts["config"]:
             parse_config(opts["config"])
