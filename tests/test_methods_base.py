@@ -221,6 +221,10 @@ def test_corrupted_or_unknown_states_are_refused() -> None:
         weight_from_state(tensors, {"shape": [16, 64]})
     with pytest.raises(TypeError, match="tensors must be a dict"):
         weight_from_state({"packed": [1, 2]}, meta)  # type: ignore[dict-item]
+    with pytest.raises(ValueError, match="lacks the entry 'n_groups'"):
+        weight_from_state(tensors, {k: v for k, v in meta.items() if k != "n_groups"})
+    with pytest.raises(ValueError, match=r"meta\['symmetric'\] must be true or false"):
+        weight_from_state(tensors, {**meta, "symmetric": "no"})
     with pytest.raises(ValueError, match="must be 'none', 'int' or 'float'"):
         t, m = _quantize("rtn", _weight(), 4, 32).to_state()
         weight_from_state(t, {**m, "zero": "maybe"})

@@ -173,7 +173,10 @@ def weight_from_state(tensors: Mapping[str, torch.Tensor], meta: Mapping[str, An
     if (not isinstance(shape, list | tuple) or len(shape) != 2
             or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape)):
         raise ValueError(f"meta['shape'] must be [out_features, in_features] (positive ints); got {shape!r}")
-    return _WEIGHT_CLASSES[key].from_state(tensors, meta)
+    try:
+        return _WEIGHT_CLASSES[key].from_state(tensors, meta)
+    except KeyError as exc:
+        raise ValueError(f"meta for {key!r} lacks the entry {exc}; got {sorted(meta)}") from None
 
 
 def state_tensor(tensors: Mapping[str, torch.Tensor], name: str, dtype: torch.dtype,

@@ -211,11 +211,13 @@ class GPTQWeight(QuantizedWeight):
     def from_state(cls, tensors: Mapping[str, torch.Tensor], meta: Mapping[str, Any]) -> GPTQWeight:
         rows, cols = (int(s) for s in meta["shape"])
         bits, symmetric, n_groups = check_grid_bits(meta["bits"]), meta["symmetric"], meta["n_groups"]
+        if not isinstance(symmetric, bool):
+            raise ValueError(f"meta['symmetric'] must be true or false; got {symmetric!r}")
         if not isinstance(n_groups, int) or n_groups <= 0 or cols % n_groups:
             raise ValueError(f"meta['n_groups'] must be a positive divisor of in_features={cols}; "
                              f"got {n_groups!r}")
         self = cls.__new__(cls)
-        self.shape, self.bits, self.symmetric = (rows, cols), bits, bool(symmetric)
+        self.shape, self.bits, self.symmetric = (rows, cols), bits, symmetric
         n_bytes = packing.packed_nbytes(rows * cols, bits)
         self.packed = state_tensor(tensors, "packed", torch.uint8, (n_bytes,))
         self.scale = state_tensor(tensors, "scale", torch.float16, (rows, n_groups))
