@@ -370,3 +370,14 @@ def test_load_leaves_the_global_rng_alone():
     torch.manual_seed(5)
     load_embedded()
     assert torch.equal(torch.rand(3), expected)
+
+
+@pytest.mark.parametrize("argv", [["eval", "--tokens", "-5"], ["sample", "--n", "abc"], ["eval", "--split", "x"],
+                                  ["sample", "--n", "-3"], ["eval", "--model", "gpt5"]])
+def test_lm_cli_bad_values_give_usage_and_exit_2(argv, capsys):
+    from qcourse.lm.__main__ import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    assert "usage: python -m qcourse.lm" in capsys.readouterr().err

@@ -3,8 +3,10 @@
 ``python -m qcourse.lm train [--out DIR] [--steps N]`` retrains the shipped model from scratch (same
 seed, thread count and hyper-parameters as ``qcourse/data/austen-model/training.json``) and writes
 ``model.safetensors``, ``config.json`` and ``training.json`` to ``DIR`` (default ``./austen-model``).
-``python -m qcourse.lm eval [--split S] [--tokens N]`` prints the shipped model's perplexity as JSON.
-``python -m qcourse.lm sample [--prompt P] [--n N] [--seed S]`` prints a sample.
+``python -m qcourse.lm train --bitnet`` trains the ternary twin of lesson 05 (BitNet b1.58 recipe).
+``python -m qcourse.lm eval [--model M] [--split S] [--tokens N]`` prints a model's perplexity as JSON.
+``python -m qcourse.lm sample [--model M] [--prompt P] [--n N] [--seed S]`` prints a sample.
+Bad values print the usage line and exit with status 2.
 """
 
 from __future__ import annotations
@@ -14,6 +16,9 @@ import json
 import sys
 import time
 from dataclasses import replace
+
+from qcourse.lm import MODELS
+from qcourse.lm.corpus import SPLITS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,14 +34,24 @@ def main(argv: list[str] | None = None) -> int:
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
     tr.add_argument("--bitnet", action="store_true",
                     help="train the ternary BitNet b1.58 twin (lesson 05) with its own recipe")
-    ev = sub.add_parser("eval", help="perplexity of the shipped model")
-    ev.add_argument("--split", default="validation")
+    ev = sub.add_parser("eval", help="perplexity of a model (default: the shipped one)")
+    ev.add_argument("--model", choices=MODELS, default="austen")
+    ev.add_argument("--split", choices=SPLITS, default="validation")
     ev.add_argument("--tokens", type=int, default=65536)
-    sa = sub.add_parser("sample", help="sample text from the shipped model")
+    sa = sub.add_parser("sample", help="sample text from a model (default: the shipped one)")
+    sa.add_argument("--model", choices=MODELS, default="austen")
     sa.add_argument("--prompt", default="It is a truth universally acknowledged")
     sa.add_argument("--n", type=int, default=300)
     sa.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except ValueError as exc:  # a value argparse could not check (a count, a seed): usage, exit 2
+        sub.choices[args.command].error(str(exc))
+    return 2
+
+
+def _run(args: argparse.Namespace) -> int:
 
     if args.command == "train":
         from qcourse.lm.train import BITNET_TRAIN_CONFIG, MODEL_CONFIG, TRAIN_CONFIG, train
@@ -52,9 +67,9 @@ def main(argv: list[str] | None = None) -> int:
             f"({v['bits_per_byte']:.3f} bits/byte); wall time {time.perf_counter() - t0:.1f} s"
         )
         return 0
-    from qcourse.lm.embedded import load_embedded
+    from qcourse.lm import load
 
-    model = load_embedded()
+    model = load(args.model)
     if args.command == "eval":
         from qcourse.lm.evaluate import perplexity
 
@@ -63,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         print(
             json.dumps(
                 {
+                    "model": args.model,
                     "split": args.split,
                     "tokens": args.tokens,
                     "perplexity": ppl,
