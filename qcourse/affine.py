@@ -43,7 +43,7 @@ from typing import Any
 import torch
 
 from qcourse import grouping, packing
-from qcourse.methods.base import QuantizedWeight, check_weight, state_tensor, to_float_dtype
+from qcourse.quantized_weight import QuantizedWeight, check_weight, state_tensor, to_float_dtype
 
 __all__ = [
     "Grid", "FittedGrid", "check_grid_bits", "round_scale", "grid_params", "quantize_to_grid",
