@@ -46,8 +46,8 @@ from qcourse import grouping, packing
 from qcourse.quantized_weight import QuantizedWeight, check_weight, state_tensor, to_float_dtype
 
 __all__ = [
-    "Grid", "FittedGrid", "check_grid_bits", "round_scale", "grid_params", "quantize_to_grid",
-    "dequantize_grid", "quantize_groups", "dequantize_groups", "AffineQuantizedWeight",
+    "Grid", "FittedGrid", "check_grid_bits", "check_resolvable", "round_scale", "grid_params",
+    "quantize_to_grid", "dequantize_grid", "quantize_groups", "dequantize_groups", "AffineQuantizedWeight",
 ]
 
 _FP16_MAX = 65504.0
@@ -60,6 +60,24 @@ def check_grid_bits(bits: Any, symmetric: bool = False) -> int:
     if symmetric and bits < 2:
         raise ValueError("bits must be ≥ 2 for symmetric=True (a 1-bit symmetric grid has no nonzero level)")
     return bits
+
+
+def check_resolvable(w: torch.Tensor, smallest: float, grid: str) -> None:
+    """Refuse a nonzero ``w`` whose values all lie below ``smallest``, the finest step ``grid`` can store.
+
+    Such a weight would come back as (nearly) all zeros, silently; an all-zero weight is fine.
+
+    >>> import torch
+    >>> check_resolvable(torch.full((2, 2), 1e-9), 2.0**-24, "a float16 scale")
+    Traceback (most recent call last):
+    ...
+    ValueError: w's largest |value| is 1e-09, below 5.96e-08, the finest step a float16 scale can store: ...
+    """
+    biggest = float(w.abs().max())
+    if 0 < biggest < smallest:
+        raise ValueError(f"w's largest |value| is {biggest:.3g}, below {smallest:.3g}, the finest step "
+                         f"{grid} can store: every weight would round to 0. Multiply the weight by a power "
+                         "of two (and divide the layer's output by it) before quantizing")
 
 
 def round_scale(scale: torch.Tensor, dtype: torch.dtype | None) -> torch.Tensor:

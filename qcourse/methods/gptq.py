@@ -57,7 +57,7 @@ from typing import Any
 import torch
 
 from qcourse import packing
-from qcourse.affine import Grid, check_grid_bits
+from qcourse.affine import Grid, check_grid_bits, check_resolvable
 from qcourse.ldlq import block_update, ldlq, prepare_hessian, proxy_loss
 from qcourse.methods.base import (
     Method,
@@ -252,11 +252,7 @@ class GPTQ(Method):
 
     def _quantize(self, w: torch.Tensor, bits: float, group_size: int | None, hessian: torch.Tensor | None,
                   seed: int, opts: dict[str, Any]) -> GPTQWeight:
-        biggest = float(w.abs().max())
-        if 0 < biggest < _FP16_TINY:
-            raise ValueError(f"w's largest |value| is {biggest:.3g}, below the smallest float16 scale "
-                             f"({_FP16_TINY:.3g}): every weight would round to 0. Multiply the weight by a "
-                             "power of two (and divide the layer's output by it) before quantizing")
+        check_resolvable(w, _FP16_TINY, "a float16 scale")
         grid = Grid(int(bits), symmetric=opts["symmetric"])
         result = gptq_quantize(w, hessian, grid, blocksize=opts["blocksize"], percdamp=opts["percdamp"],
                                group_size=group_size, act_order=opts["act_order"],

@@ -58,7 +58,7 @@ from typing import Any
 import torch
 
 from qcourse import grouping
-from qcourse.affine import AffineQuantizedWeight, round_scale
+from qcourse.affine import AffineQuantizedWeight, check_resolvable, round_scale
 from qcourse.methods.base import Method, check_bits, check_weight, parse_options
 from qcourse.packing import TERNARY
 
@@ -281,11 +281,7 @@ _TOO_SMALL = 2.0**-14
 
 
 def _check_resolvable(w: torch.Tensor) -> None:
-    biggest = float(w.abs().max())
-    if 0 < biggest < _TOO_SMALL:
-        raise ValueError(f"w's largest |value| is {biggest:.3g}: HQQ's grid (step ≥ 5e-5, float16 zero "
-                         f"point) cannot resolve weights below {_TOO_SMALL:.3g} and would return zeros. "
-                         "Multiply the weight by a power of two (and divide the layer's output by it) first")
+    check_resolvable(w, _TOO_SMALL, "HQQ's grid (step ≥ 5e-5, float16 zero point)")
 
 
 def _store(w: torch.Tensor, groups: torch.Tensor, scale_inv: torch.Tensor, zero: torch.Tensor, bits: float,
