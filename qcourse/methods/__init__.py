@@ -31,6 +31,7 @@ _MODULES = {
     "aqlm": "qcourse.methods.aqlm",
     "quip": "qcourse.methods.quip",
     "bitnet": "qcourse.methods.bitnet",
+    "binary": "qcourse.methods.binary",
 }
 
 

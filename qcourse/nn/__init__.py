@@ -16,6 +16,7 @@ does). Quantized models are saved and loaded with :func:`save_quantized` / :func
 True
 """
 
+from qcourse.nn.binary import BinaryLinear, to_binary_linear
 from qcourse.nn.bitlinear import BitLinear, SeedArticleBitLinear, to_bitlinear
 from qcourse.nn.blockwise import BlockwiseModel, calibrate_blockwise
 from qcourse.nn.calibration import (
@@ -31,6 +32,7 @@ from qcourse.nn.report import LayerReport, QuantReport
 from qcourse.nn.serialize import load_quantized, save_quantized
 
 __all__ = [
+    "BinaryLinear",
     "BitLinear",
     "BlockwiseModel",
     "LayerReport",
@@ -45,6 +47,7 @@ __all__ = [
     "load_quantized",
     "quantize_model",
     "save_quantized",
+    "to_binary_linear",
     "to_bitlinear",
     "vocab_size",
 ]
