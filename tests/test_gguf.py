@@ -25,6 +25,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from qcourse.lm import gguf as qg
+from qcourse.lm.gguf_export import add_llama_metadata
 from qcourse.lm.model import Llama, LlamaConfig, apply_rotary
 
 # ---------------------------------------------------------------------------------------------------------
@@ -131,16 +132,7 @@ def write_gguf(
     """Write ``model`` as a llama.cpp GGUF, the way convert_hf_to_gguf.py lays it out."""
     cfg = model.config
     w = gguf.GGUFWriter(str(path), arch)
-    w.add_block_count(cfg.n_layers)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.d_model)
-    w.add_feed_forward_length(cfg.d_ff)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_vocab_size(cfg.vocab_size)
+    add_llama_metadata(w, cfg)  # hyper-parameters only: tensor names, layout and permutation stay independent
     tokens, merges, types = tiny_vocab()
     w.add_tokenizer_model(tokenizer_model)
     w.add_tokenizer_pre("smollm")

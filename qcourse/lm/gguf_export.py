@@ -38,11 +38,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from qcourse.lm.model import Llama
+from qcourse.lm.model import Llama, LlamaConfig
 
 __all__ = [
-    "QK_K", "TERNARY_TYPES", "encode_tq1_0", "encode_tq2_0", "decode_ternary", "write_gguf",
-    "load_bitnet_gguf",
+    "QK_K", "TERNARY_TYPES", "encode_tq1_0", "encode_tq2_0", "decode_ternary", "add_llama_metadata",
+    "write_gguf", "load_bitnet_gguf",
 ]
 
 #: weights per block of llama.cpp's k-quant and ternary types
@@ -145,6 +145,20 @@ def _weights(model: Llama) -> list[tuple[str, nn.Module | torch.Tensor]]:
     return out
 
 
+def add_llama_metadata(writer: Any, cfg: LlamaConfig) -> None:
+    """The ``llama.*`` hyper-parameters of ``cfg`` on a ``gguf.GGUFWriter`` (what :func:`load_gguf` reads)."""
+    writer.add_block_count(cfg.n_layers)
+    writer.add_context_length(cfg.max_seq_len)
+    writer.add_embedding_length(cfg.d_model)
+    writer.add_feed_forward_length(cfg.d_ff)
+    writer.add_head_count(cfg.n_heads)
+    writer.add_head_count_kv(cfg.n_kv_heads)
+    writer.add_rope_freq_base(cfg.rope_theta)
+    writer.add_layer_norm_rms_eps(cfg.norm_eps)
+    writer.add_rope_dimension_count(cfg.head_dim)
+    writer.add_vocab_size(cfg.vocab_size)
+
+
 def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0") -> dict[str, Any]:
     """Write ``model`` as a llama GGUF; BitLinear layers in ``ternary_type``, everything else as F32.
 
@@ -164,16 +178,7 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
     qtype = gguf.GGMLQuantizationType[ternary_type]
     cfg = model.config
     w = gguf.GGUFWriter(str(path), "llama")
-    w.add_block_count(cfg.n_layers)
-    w.add_context_length(cfg.max_seq_len)
-    w.add_embedding_length(cfg.d_model)
-    w.add_feed_forward_length(cfg.d_ff)
-    w.add_head_count(cfg.n_heads)
-    w.add_head_count_kv(cfg.n_kv_heads)
-    w.add_rope_freq_base(cfg.rope_theta)
-    w.add_layer_norm_rms_eps(cfg.norm_eps)
-    w.add_rope_dimension_count(cfg.head_dim)
-    w.add_vocab_size(cfg.vocab_size)
+    add_llama_metadata(w, cfg)
     bitnet = any(isinstance(m, BitLinear) for m in model.modules())
     w.add_bool("qcourse.bitnet", bitnet)
     types, ternary_bytes, ternary_weights = {}, 0, 0
