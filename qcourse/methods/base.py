@@ -45,7 +45,7 @@ from __future__ import annotations
 import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -182,6 +182,9 @@ class Method:
     description: str = ""
     #: every option the method takes, with its default (and, through the default, its type)
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: whether ``group_size`` means anything to the method (a class attribute: codebook, lattice and
+    #: per-tensor methods set it to False, and sweeps/benchmarks then pass ``None``)
+    uses_group_size: ClassVar[bool] = True
 
     def quantize(self, w: torch.Tensor, bits: float, group_size: int | None = None,
                  hessian: torch.Tensor | None = None, seed: int = 0, **options: Any) -> QuantizedWeight:
