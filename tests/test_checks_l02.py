@@ -143,3 +143,54 @@ def test_rtn_reference_matches_numpy_from_the_exercise_text(rows: int, groups: i
     n_codes, n_scale, n_zero = _numpy_rtn(w, bits, g)
     assert np.array_equal(codes.numpy(), n_codes)
     assert np.array_equal(scale.numpy(), n_scale) and np.array_equal(zero.numpy(), n_zero)
+
+
+# ---- the exercises that test understanding ---------------------------------------------------------------
+
+def _cholesky_gptq(w, h, scale, zero, bits):
+    """GPTQ's loop as the lesson teaches it: rows of the upper Cholesky factor of H⁻¹."""
+    u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+    w = w.clone()
+    q = torch.empty_like(w)
+    for i in range(w.shape[1]):
+        q[:, i] = scale * ((torch.round(w[:, i] / scale) + zero).clamp(0, 2**bits - 1) - zero)
+        err = (w[:, i] - q[:, i]) / u[i, i]
+        w[:, i:] -= err[:, None] * u[None, i, i:]
+    return q
+
+
+def test_new_checks_accept_their_references_and_learner_style_code() -> None:
+    assert L.check_lstsq_zero(L.reference_lstsq_zero, verbose=False).passed
+    assert L.check_lstsq_zero(lambda w, q, s: (q - w * s).mean(-1, keepdim=True), verbose=False).passed
+    assert L.check_beta_star(L.reference_beta_star, verbose=False).passed
+    assert L.check_beta_star(L._beta_mutant(), verbose=False).passed
+    assert L.check_gptq_loop(L.reference_gptq_loop, verbose=False).passed
+    assert L.check_gptq_loop(_cholesky_gptq, verbose=False).passed
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2**31 - 1), cols=st.integers(1, 12), bits=st.integers(2, 4))
+def test_naive_obs_equals_the_cholesky_form(seed, cols, bits) -> None:
+    # the claim the GPTQ exercise rests on: row i of chol(H⁻¹) is the OBS update over the remaining columns
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(4 * cols + 4, cols, generator=g, dtype=torch.float64)
+    h = x.T @ x / len(x) + 0.1 * torch.eye(cols, dtype=torch.float64)
+    w = torch.randn(5, cols, generator=g, dtype=torch.float64)
+    scale, zero = torch.full((5,), 0.3, dtype=torch.float64), torch.full((5,), 2.0, dtype=torch.float64)
+    ref = L.reference_gptq_loop(w, h, scale, zero, bits)
+    assert torch.allclose(ref, _cholesky_gptq(w, h, scale, zero, bits), rtol=1e-9, atol=1e-9)
+
+
+def test_lstsq_zero_is_hqq_zero_step_without_shrinkage_and_beta_star_is_where_it_starts() -> None:
+    from qcourse import hqq_shrinkage
+    from qcourse.methods import hqq
+
+    for case in L._lstsq_cases():
+        w, q, s = case.args
+        assert torch.allclose(L.reference_lstsq_zero(w, q, s), hqq.zero_step(w, q, torch.zeros_like(w), s))
+    w, bits, g, p = L._beta_cases()[0].args
+    b = L.reference_beta_star(w, bits, g, p)
+    groups = w.reshape(-1, g)
+    s, z = hqq.init_minmax(groups, bits)
+    assert hqq_shrinkage.trace(groups, s, z, bits, p=p, beta=0.99 * b, iters=0).active[0] == 0
+    assert hqq_shrinkage.trace(groups, s, z, bits, p=p, beta=1.01 * b, iters=0).active[0] > 0

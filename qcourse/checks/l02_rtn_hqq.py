@@ -1,4 +1,5 @@
-"""Checks for lesson 02 (RTN, HQQ, GPTQ): group RTN, HQQ's shrinkage and zero step, GPTQ's column step.
+"""Checks for lesson 02 (RTN, HQQ, GPTQ): group RTN, HQQ's shrinkage and zero step, GPTQ's column step; the
+least-squares zero for fixed codes, the β* at which HQQ's shrinkage starts to act, and GPTQ's whole loop.
 
 Each check runs the learner's function and the reference from :mod:`qcourse.methods` on seeded and
 adversarial inputs (zeros, a constant group, one huge outlier, extreme magnitudes, odd shapes) and prints
@@ -18,12 +19,15 @@ from collections.abc import Callable
 
 import torch
 
+from qcourse import hqq_shrinkage
 from qcourse.checks._harness import Case, CheckResult, Mutant, run_check
 from qcourse.methods import gptq, hqq, rtn
 
 __all__ = [
     "check_quantize_groups", "check_shrink_lp", "check_zero_step", "check_gptq_column_step",
     "reference_quantize_groups", "reference_shrink_lp", "reference_zero_step", "reference_gptq_column_step",
+    "check_lstsq_zero", "check_beta_star", "check_gptq_loop",
+    "reference_lstsq_zero", "reference_beta_star", "reference_gptq_loop",
 ]
 
 
@@ -255,6 +259,156 @@ def check_gptq_column_step(student_fn: Callable[..., tuple[torch.Tensor, torch.T
         verbose=verbose)
 
 
+# ---- the exercises that test understanding: least-squares zero, beta*, GPTQ's whole loop ---------------
+
+def reference_lstsq_zero(w: torch.Tensor, codes: torch.Tensor, scale_inv: torch.Tensor) -> torch.Tensor:
+    """``argmin_z Σ (w − (codes − z)/s')²`` per group (row): ``mean(codes − w·s')``, ``[G, 1]`` float32.
+
+    >>> reference_lstsq_zero(torch.tensor([[0.5, 1.0]]), torch.tensor([[1.0, 3.0]]), torch.tensor([[2.0]]))
+    tensor([[0.5000]])
+    """
+    return hqq_shrinkage.lstsq_zero(w, codes, scale_inv)
+
+
+def _lstsq_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(4)
+
+    def case(rows: int, g: int, bits: int, scale: float = 1.0) -> tuple[torch.Tensor, ...]:
+        w = torch.randn(rows, g, generator=gen) * scale
+        s, z = hqq.init_minmax(w, bits)
+        return w, torch.round(w * s + z).clamp(0, 2**bits - 1), s
+
+    w, q, s = case(6, 32, 2)
+    return [
+        Case("seeded groups 32×64, 3 bits", case(32, 64, 3)),
+        Case("2 bits, group 32", (w, q, s)),
+        Case("codes shifted by one level (the zero moves by one)", (w, q + 1, s)),
+        Case("heavy-tailed groups", (_student_t(gen, (8, 64)) * 0.02,) + case(8, 64, 2)[1:]),
+        Case("one group of one weight", case(1, 1, 4)),
+        Case("extreme magnitudes", case(3, 8, 4, scale=1e4)),
+        Case("odd shape 7×9", case(7, 9, 2)),
+    ]
+
+
+def check_lstsq_zero(student_fn: Callable[..., torch.Tensor], verbose: bool = True) -> CheckResult:
+    """Check ``lstsq_zero(w, codes, scale_inv) -> [G, 1]``, the least-squares zero for fixed codes."""
+    return run_check(
+        "lstsq_zero", student_fn, reference_lstsq_zero, _lstsq_cases(), rtol=1e-5, atol=1e-5,
+        hint="""
+            Minimise Σ_i (w_i − (q_i − z)/s')² over z: the derivative is (2/s')·Σ_i (w_i − (q_i − z)/s'),
+            zero when z = mean_i(q_i − w_i·s'). One zero per group (row): mean over the last dimension with
+            keepdim=True. Multiply by the inverse scale s', mind the sign, return float32 and leave the
+            inputs unchanged.
+            """,
+        verbose=verbose)
+
+
+def reference_beta_star(w: torch.Tensor, bits: int, group_size: int, p: float) -> float:
+    """The β above which HQQ's first shrinkage step keeps some error on ``w``, groups of ``group_size``.
+
+    HQQ's min–max start per group (``s' = (2^b − 1)/(max − min)``, float ``z = −min·s'``), rounding errors
+    ``e = w − (clamp(round(w·s' + z), 0, 2^b − 1) − z)/s'``, and ``β* = max|e|^(−(2 − p))``.
+
+    >>> round(reference_beta_star(torch.tensor([[0.0, 0.4, 1.0, 3.0]]), 2, 4, 1.0), 6)   # largest error 0.4
+    2.5
+    """
+    groups = w.float().reshape(-1, group_size)
+    return hqq_shrinkage.beta_star(groups, bits, p)
+
+
+def _beta_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(5)
+    emb = torch.randn(16, 128, generator=gen) * 0.05
+    return [
+        Case("seeded layer 16×128 (weights ~0.05), 2 bits, group 64, p = 0.7", (emb, 2, 64, 0.7)),
+        Case("same layer, 3 bits", (emb, 3, 64, 0.7)),
+        Case("same layer, p = 1 (soft threshold)", (emb, 2, 64, 1.0)),
+        Case("heavy-tailed layer (an outlier group), 2 bits, group 32",
+             (_student_t(gen, (8, 64)), 2, 32, 0.7)),
+        Case("unit-size weights, 4 bits, group 16, p = 0.5", (torch.randn(4, 64, generator=gen), 4, 16, 0.5)),
+        Case("one group", (torch.tensor([[0.0, 0.4, 1.0, 3.0]]), 2, 4, 0.7)),
+    ]
+
+
+def check_beta_star(student_fn: Callable[..., float], verbose: bool = True) -> CheckResult:
+    """Check ``beta_star(w, bits, group_size, p) -> float``."""
+    return run_check(
+        "beta_star", student_fn, reference_beta_star, _beta_cases(), rtol=1e-4, atol=0.0,
+        hint="""
+            shrink_p(x) ≠ 0 exactly when |x|^(2 − p) > 1/β, i.e. |x| > β^(−1/(2 − p)). So the first step keeps
+            some error iff β > max|e|^(−(2 − p)), with e the rounding error at HQQ's start: per group of
+            group_size consecutive weights, s' = (2^bits − 1)/(max − min), a float zero z = −min·s' (not
+            rounded), codes clamp(round(w·s' + z), 0, 2^bits − 1), e = w − (codes − z)/s'. Use the largest
+            |e| over the whole layer, and return a Python float.
+            """,
+        verbose=verbose)
+
+
+def reference_gptq_loop(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                        bits: int) -> torch.Tensor:
+    """GPTQ's loop in the naive Optimal-Brain-Surgeon form, one column at a time (float64).
+
+    Keeps ``Hinv``, the inverse Hessian over the columns not yet quantized: round column ``i`` on each row's
+    grid, ``err = (w_i − q_i)/Hinv_ii``, move every later column ``j`` by ``−err·Hinv_ij``, then remove
+    column ``i`` from ``Hinv`` (``Hinv ← Hinv − Hinv_{:,i} Hinv_{i,:}/Hinv_ii``). Returns the quantized
+    (dequantized) weights.
+
+    >>> H = torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64)
+    >>> one = torch.ones(1, dtype=torch.float64)
+    >>> reference_gptq_loop(torch.tensor([[0.4, 0.0]], dtype=torch.float64), H, one, 0 * one, 2).tolist()
+    [[0.0, 0.0]]
+    """
+    w = w.clone().to(torch.float64)
+    hinv = torch.linalg.inv(hessian.to(torch.float64))
+    s, z = scale[:, None].to(torch.float64), zero[:, None].to(torch.float64)
+    q = torch.empty_like(w)
+    for i in range(w.shape[1]):
+        q[:, i:i + 1] = rtn.dequantize_grid(rtn.quantize_to_grid(w[:, i:i + 1], s, z, bits), s, z)
+        err = (w[:, i] - q[:, i]) / hinv[i, i]
+        w[:, i:] -= err[:, None] * hinv[None, i, i:]
+        hinv = hinv - torch.outer(hinv[:, i], hinv[i, :]) / hinv[i, i]
+    return q
+
+
+def _gptq_loop_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(6)
+
+    def layer(rows: int, cols: int, bits: int, corr: float = 1.0, spread: float = 1.0) -> tuple:
+        x = torch.randn(8 * cols, cols, generator=gen, dtype=torch.float64)
+        mix = torch.eye(cols, dtype=torch.float64) + corr * torch.randn(cols, cols, generator=gen,
+                                                                        dtype=torch.float64)
+        x = x @ mix                                                       # correlated inputs
+        h = x.T @ x / len(x)
+        h += 0.01 * h.diagonal().mean() * torch.eye(cols, dtype=torch.float64)   # damped, as GPTQ does
+        w = torch.randn(rows, cols, generator=gen, dtype=torch.float64) * spread
+        scale, zero = rtn.grid_params(w, bits)
+        return w, h, scale[:, 0], zero[:, 0], bits
+
+    return [
+        Case("seeded layer 8×12, 3 bits, correlated inputs", layer(8, 12, 3)),
+        Case("strongly correlated inputs, 2 bits", layer(6, 10, 2, corr=3.0)),
+        Case("uncorrelated inputs (H diagonal: GPTQ = RTN)", (lambda t: (t[0], torch.diag(t[1].diagonal()),
+                                                                        *t[2:]))(layer(5, 8, 2))),
+        Case("one column", layer(4, 1, 3)),
+        Case("4 bits, 16 columns", layer(3, 16, 4)),
+        Case("extreme magnitudes", layer(4, 9, 3, spread=1e4)),
+    ]
+
+
+def check_gptq_loop(student_fn: Callable[..., torch.Tensor], verbose: bool = True) -> CheckResult:
+    """Check ``gptq_loop(w, hessian, scale, zero, bits) -> quantized w`` against the naive OBS form."""
+    return run_check(
+        "gptq_loop", student_fn, reference_gptq_loop, _gptq_loop_cases(), rtol=1e-7, atol=1e-9,
+        hint="""
+            Take U = the upper Cholesky factor of H⁻¹ (torch.linalg.cholesky(torch.linalg.inv(H)).T, or
+            torch.linalg.cholesky(..., upper=True)). For i = 0, 1, ...: q_i = the row-wise grid value of the
+            current column i (torch.round, clamp to 0 .. 2^bits − 1); err = (w_i − q_i)/U_ii; every column
+            j ≥ i moves by −err·U_ij. Row i of U already holds the inverse over the columns not yet quantized
+            (that is what the Cholesky factor buys). Work on a float64 copy of w; return the q columns.
+            """,
+        verbose=verbose)
+
+
 # ---- mutants: wrong implementations every check must reject (see tests/test_checks_mutations.py) ----------
 
 def _half_up(x: torch.Tensor) -> torch.Tensor:
@@ -337,6 +491,69 @@ def _gptq_mutant(rnd: Callable[[torch.Tensor], torch.Tensor] = torch.round, divi
     return gptq_column_step
 
 
+def _lstsq_in_place(w: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    return (q - w.mul_(s)).mean(1, keepdim=True)
+
+
+def _lstsq_todo(w: torch.Tensor, q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    if w.shape[1] == 1:
+        raise NotImplementedError("groups of one")
+    return (q - w * s).mean(1, keepdim=True)
+
+
+def _beta_mutant(stat: str = "max", power: Callable[[float], float] = lambda p: -(2 - p),
+                 round_zero: bool = False, half_step: bool = False, todo_one_group: bool = False
+                 ) -> Callable[..., float]:
+    """A learner-style beta_star; each keyword switches on one classic mistake."""
+    def beta_star(w: torch.Tensor, bits: int, group_size: int, p: float) -> float:
+        g = w.float().reshape(-1, group_size)
+        if todo_one_group and g.shape[0] == 1:
+            raise NotImplementedError("one group")
+        maxq = 2**bits - 1
+        lo, hi = g.amin(1, keepdim=True), g.amax(1, keepdim=True)
+        s = maxq / (hi - lo)
+        z = -lo * s
+        if round_zero:
+            z = torch.round(z)
+        e = (g - (torch.round(g * s + z).clamp(0, maxq) - z) / s).abs()
+        if half_step:
+            e = 0.5 / s
+        m = {"max": e.max(), "mean": e.mean(), "min-of-group-max": e.amax(1).min()}[stat]
+        return float(m) ** power(p)
+    return beta_star
+
+
+def _gptq_loop_mutant(factor: str = "chol-inv", feedback: bool = True, divide: bool = True,
+                      order: str = "forward", dtype: torch.dtype = torch.float64, copy: bool = True,
+                      todo_one_column: bool = False) -> Callable[..., torch.Tensor]:
+    """A learner-style GPTQ loop; each keyword switches on one classic mistake."""
+    def gptq_loop(w: torch.Tensor, hessian: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,
+                  bits: int) -> torch.Tensor:
+        if todo_one_column and w.shape[1] == 1:
+            raise NotImplementedError("one column")
+        h = hessian.to(dtype)
+        if factor == "chol-inv":
+            u = torch.linalg.cholesky(torch.linalg.inv(h), upper=True)
+        elif factor == "chol-h":
+            u = torch.linalg.cholesky(h, upper=True)
+        elif factor == "lower":
+            u = torch.linalg.cholesky(torch.linalg.inv(h))
+        else:  # "full-inverse": the OBS update without removing quantized columns
+            u = torch.linalg.inv(h)
+            u = u / u.diagonal().sqrt()[:, None]
+        w2 = w.clone().to(dtype) if copy else w
+        s, z = scale.to(dtype), zero.to(dtype)
+        q = torch.empty_like(w2)
+        cols = range(w2.shape[1]) if order == "forward" else reversed(range(w2.shape[1]))
+        for i in cols:
+            q[:, i] = s * ((torch.round(w2[:, i] / s) + z).clamp(0, 2**bits - 1) - z)
+            if feedback:
+                err = (w2[:, i] - q[:, i]) / (u[i, i] if divide else 1.0)
+                w2[:, i:] -= err[:, None] * u[None, i, i:]
+        return q
+    return gptq_loop
+
+
 #: check name -> wrong implementations it must reject, each with a fragment of the failure report.
 MUTANTS: dict[str, list[Mutant]] = {
     "check_quantize_groups": [
@@ -405,5 +622,39 @@ MUTANTS: dict[str, list[Mutant]] = {
         Mutant("float32-inside", _gptq_mutant(dtype=torch.float32, back_to=torch.float64),
                "compute in float64"),
         Mutant("partial", _gptq_mutant(todo_last=True), "NotImplementedError"),
+    ],
+    "check_lstsq_zero": [
+        Mutant("zero-sign", lambda w, q, s: (w * s - q).mean(1, keepdim=True), "seeded groups"),
+        Mutant("divide-scale", lambda w, q, s: (q - w / s).mean(1, keepdim=True), "seeded groups"),
+        Mutant("sum", lambda w, q, s: (q - w * s).sum(1, keepdim=True), "seeded groups"),
+        Mutant("median", lambda w, q, s: (q - w * s).median(1, keepdim=True).values, "seeded groups"),
+        Mutant("integer-zero", lambda w, q, s: (q - w * s).mean(1, keepdim=True).round(), "seeded groups"),
+        Mutant("no-keepdim", lambda w, q, s: (q - w * s).mean(1), "shape"),
+        Mutant("in-place", _lstsq_in_place, "modified its input w"),
+        Mutant("float64", lambda w, q, s: (q.double() - w.double() * s).mean(1, keepdim=True),
+               "dtype torch.float64"),
+        Mutant("partial", _lstsq_todo, "NotImplementedError"),
+    ],
+    "check_beta_star": [
+        Mutant("threshold", _beta_mutant(power=lambda p: 1.0), "seeded layer"),
+        Mutant("exponent-1/(2-p)", _beta_mutant(power=lambda p: -1 / (2 - p)), "seeded layer"),
+        Mutant("exponent-p", _beta_mutant(power=lambda p: -p), "seeded layer"),
+        Mutant("positive-exponent", _beta_mutant(power=lambda p: 2 - p), "seeded layer"),
+        Mutant("mean-error", _beta_mutant(stat="mean"), "seeded layer"),
+        Mutant("smallest-group", _beta_mutant(stat="min-of-group-max"), "seeded layer"),
+        Mutant("integer-zero", _beta_mutant(round_zero=True), "seeded layer"),
+        Mutant("half-step-bound", _beta_mutant(half_step=True), "seeded layer"),
+        Mutant("partial", _beta_mutant(todo_one_group=True), "NotImplementedError"),
+    ],
+    "check_gptq_loop": [
+        Mutant("no-feedback (RTN)", _gptq_loop_mutant(feedback=False), "seeded layer"),
+        Mutant("cholesky-of-H", _gptq_loop_mutant(factor="chol-h"), "seeded layer"),
+        Mutant("lower-factor", _gptq_loop_mutant(factor="lower"), "seeded layer"),
+        Mutant("no-downdate", _gptq_loop_mutant(factor="full-inverse"), "seeded layer"),
+        Mutant("no-divide", _gptq_loop_mutant(divide=False), "seeded layer"),
+        Mutant("reverse-order", _gptq_loop_mutant(order="reverse"), "seeded layer"),
+        Mutant("float32", _gptq_loop_mutant(dtype=torch.float32), "dtype torch.float32"),
+        Mutant("in-place", _gptq_loop_mutant(copy=False), "modified its input w"),
+        Mutant("partial", _gptq_loop_mutant(todo_one_column=True), "NotImplementedError"),
     ],
 }
