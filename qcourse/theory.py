@@ -12,7 +12,8 @@ measures how far practical quantizers stay from it:
   :func:`lloyd_step` is one iteration; :func:`uniform_quantizer` and :func:`best_uniform` the uniform grid;
 - :func:`entropy_coded_uniform`: a uniform quantizer followed by an ideal entropy coder, whose high-rate gap
   to the bound is ``πe/6`` (1.53 dB, 0.254 bit);
-- :func:`nearest_zn`, :func:`nearest_dn`, :func:`nearest_e8` (Conway & Sloane's fast nearest-point rules) and
+- :func:`nearest_zn`, :func:`nearest_dn`, :func:`nearest_e8` (Conway & Sloane's fast nearest-point rules;
+  E8 from :mod:`qcourse.lattice`) and
   :func:`lattice_nsm`, the normalized second moment ``G`` by Monte Carlo (space-filling gain of a lattice);
 - :func:`blahut_arimoto` / :func:`rd_curve` / :func:`distortion_at_rate`: ``R(D)`` of any *discrete* source
   (for example a histogram of real weights);
@@ -64,6 +65,7 @@ __all__ = [
     "gaussian_rate_distortion",
     "laplace",
     "lattice_nsm",
+    "layer_losses",
     "lloyd_max",
     "lloyd_step",
     "nearest_dn",
@@ -582,15 +584,16 @@ def nearest_dn(x: Any) -> np.ndarray:
 def nearest_e8(x: Any) -> np.ndarray:
     """Nearest point of the E8 lattice, ``E8 = D8 ∪ (D8 + ½·1)``: the closer of the two cosets' points.
 
+    Delegates to :func:`qcourse.lattice.nearest_e8` (the course's one E8 implementation, used by QuIP#)
+    and accepts arrays as well as tensors.
+
     >>> p = nearest_e8([[0.4] * 8])
     >>> p.tolist()
     [[0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.5]]
     """
-    a = _as_points(x, 8)
-    p0 = nearest_dn(a)
-    p1 = nearest_dn(a - 0.5) + 0.5
-    closer = np.sum((a - p0) ** 2, axis=-1) <= np.sum((a - p1) ** 2, axis=-1)
-    return np.where(closer[..., None], p0, p1)
+    from qcourse.lattice import nearest_e8 as _nearest_e8
+
+    return _nearest_e8(torch.from_numpy(_as_points(x, 8))).numpy()
 
 
 #: name -> (dimension or None for any, nearest-point rule, Voronoi-cell volume)
@@ -1138,3 +1141,52 @@ def allocate_bits(
             notes.append("uniform plan predicted lower loss (knapsack granularity); returned it")
             plan, predicted = uni, uniform_loss
     return BitPlan(plan, n, budget, predicted, uniform_loss, notes)
+
+
+def layer_losses(
+    model: torch.nn.Module,
+    method: Any,
+    choices: Sequence[int],
+    hessians: Mapping[str, torch.Tensor],
+    group_size: int | None = 64,
+    seed: int = 0,
+) -> tuple[dict[str, int], dict[str, dict[int, float]]]:
+    """Measure each layer's output error at each bit width: the input to :func:`allocate_bits`.
+
+    For every layer named in ``hessians`` (``H = E[x xᵀ]`` of its inputs, e.g. from
+    :func:`qcourse.nn.collect_hessians`) and every width in ``choices``, the layer's weight is quantized on
+    its own with ``method`` and the loss is ``tr(ΔW H ΔWᵀ)``: the mean squared error the change adds to the
+    layer's *outputs* on the calibration data — the error the network feels, not the weight MSE.
+
+    Returns ``(sizes, losses)`` as :func:`allocate_bits` takes them.
+
+    >>> from torch import nn
+    >>> torch.manual_seed(0)
+    <torch._C.Generator object at ...>
+    >>> model = nn.Sequential(nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 8))
+    >>> from qcourse.nn import collect_hessians
+    >>> H = collect_hessians(model, torch.randn(256, 64))
+    >>> sizes, losses = layer_losses(model, "rtn", [2, 3, 4], H, group_size=32)
+    >>> sizes, losses["0"][2] > losses["0"][3] > losses["0"][4] > 0
+    ({'0': 4096, '2': 512}, True)
+    """
+    from qcourse import methods
+
+    m = methods.get(method)
+    modules = dict(model.named_modules())
+    sizes: dict[str, int] = {}
+    losses: dict[str, dict[int, float]] = {}
+    for name, h in hessians.items():
+        if name not in modules or not hasattr(modules[name], "weight"):
+            raise ValueError(f"hessians names layer {name!r}, which model does not have")
+        w = modules[name].weight.detach().float()
+        hh = h.to(torch.float64)
+        sizes[name] = int(w.numel())
+        row = {}
+        for b in choices:
+            kwargs = {"hessian": h} if m.needs_hessian else {}
+            qw = m.quantize(w, bits=b, group_size=group_size, seed=seed, **kwargs)
+            dw = (w - qw.dequantize().float()).to(torch.float64)
+            row[int(b)] = float(((dw @ hh) * dw).sum())
+        losses[name] = row
+    return sizes, losses
