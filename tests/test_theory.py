@@ -407,3 +407,29 @@ def test_uniform_plan_meets_budget_evenly():
     plan = T.uniform_plan(sizes, 2.5, [2, 3, 4])
     assert sum(plan.values()) / 10 == 2.5
     assert T.uniform_plan(sizes, 3.0, [2, 3, 4]) == dict.fromkeys(sizes, 3)
+
+
+# ---------------------------------------------------------------- the rd benchmark (fast parts)
+
+
+def test_bench_rd_arguments():
+    from qcourse.bench import UsageError
+    from qcourse.bench.rd import parse_args
+
+    assert parse_args([]).budgets == [3.0, 2.5]
+    for bad in (["--budgets", "1"], ["--models", "gpt2"], ["--samples", "1000"], ["--group-size", "48"]):
+        with pytest.raises(UsageError):
+            parse_args(bad)
+
+
+def test_bench_rd_tables_respect_the_bound():
+    from qcourse.bench.rd import gaussian_table, lloyd_max_table
+
+    lm = {row["levels"]: row["mse"] for row in lloyd_max_table()}
+    assert [round(lm[n], 4) for n in (2, 3, 4)] == [0.3634, 0.1902, 0.1175]
+    rows = gaussian_table(samples=1 << 15, seed=0)
+    for row in rows:
+        assert row["mse"] >= row["bound"] * 0.98, row  # sampled rows may sit a hair low by chance
+    by = {r["method"]: r for r in rows if r["bits_per_weight"] == 2.0}
+    assert by["e8p (QuIP#)"]["mse"] < by["lloyd-max"]["mse"]  # vector quantization beats the scalar optimum
+    assert by["e8p (QuIP#)"]["mse"] == pytest.approx(0.0911, abs=0.004)
