@@ -27,9 +27,12 @@ from torch import nn
 from qcourse.methods.bitnet import absmean_ternary
 from qcourse.nn.bitlinear import BitLinear
 
+#: where the shipped ternary twin of the embedded model lives (``qcourse.lm.load("austen-bitnet")``)
+TWIN_FOLDER = Path(__file__).resolve().parent / "data" / "austen-bitnet"
+
 __all__ = [
-    "ste_curves", "plot_ste", "fit_toy_map", "plot_toy_fits", "train_pair", "plot_loss_curves",
-    "ternary_ptq", "trit_stats", "plot_trit_histograms", "model_bytes", "safetensors_layout",
+    "TWIN_FOLDER", "ste_curves", "plot_ste", "fit_toy_map", "plot_toy_fits", "train_pair", "plot_loss_curves",
+    "PTQBitLinear", "ternary_ptq", "trit_stats", "plot_trit_histograms", "model_bytes", "safetensors_layout",
     "smollm2_tensor", "relative_error", "set_act_bits", "act_bits_perplexity", "plot_act_bits",
     "act_bits_explorer",
 ]
@@ -170,21 +173,51 @@ def plot_loss_curves(records: dict[str, dict[str, Any]], title: str = "") -> Any
 
 # ---- ternary models: post-training quantization, trit statistics, bytes -------------------------------
 
+class PTQBitLinear(BitLinear):
+    """A frozen ternary linear made from a *trained float* layer (post-training quantization).
+
+    Same trits, scale and activation quantizer as :class:`BitLinear`, but without its SubLN normalisation:
+    the float model was trained without that norm, so inserting it would change the network, not just
+    round it. Per-token absmax quantization is scale-invariant, so the activations are rounded exactly as a
+    BitLinear would round them after its norm, up to the norm's scale.
+    """
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        if self.act_bits is None:
+            return x
+        qmax = 2 ** (self.act_bits - 1) - 1
+        s = qmax / x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-5)
+        return torch.round(x * s).clamp(-qmax - 1, qmax) / s
+
+
 def ternary_ptq(model: nn.Module, include: tuple[str, ...] = ("layers.",), act_bits: int | None = None
                 ) -> nn.Module:
-    """A copy of a float model whose block linears are frozen absmean-ternary ``BitLinear`` layers.
+    """A copy of a float model whose block linears are absmean-ternary :class:`PTQBitLinear` layers.
 
-    ``act_bits=None`` (default) is weight-only ternary PTQ, what ``methods.get("bitnet")`` computes;
-    ``act_bits=8`` also quantizes activations as a trained BitNet does.
+    ``act_bits=None`` (default) is weight-only ternary PTQ — the same ``γ·t`` as ``methods.get("bitnet")``;
+    ``act_bits=8`` also rounds the activations per token to 8 bits, as a trained BitNet does.
+
+    >>> from qcourse.lm import toy_model
+    >>> m = toy_model()
+    >>> q = ternary_ptq(m)
+    >>> type(q.layers[0].mlp.up_proj).__name__, type(m.layers[0].mlp.up_proj).__name__
+    ('PTQBitLinear', 'Linear')
     """
     import copy
 
-    from qcourse.nn.bitlinear import to_bitlinear
-
-    new = to_bitlinear(copy.deepcopy(model), include=include, act_bits=act_bits)
-    for m in new.modules():
-        if isinstance(m, BitLinear):
-            m.freeze()
+    if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)
+                                 or not 2 <= act_bits <= 8):
+        raise ValueError(f"act_bits must be None or an int from 2 to 8; got {act_bits!r}")
+    if isinstance(include, str):
+        include = (include,)
+    new = copy.deepcopy(model)
+    names = [n for n, m in new.named_modules() if isinstance(m, nn.Linear) and n.startswith(tuple(include))]
+    if not names:
+        raise ValueError(f"no nn.Linear whose name starts with {include!r}")
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = new.get_submodule(parent_name) if parent_name else new
+        setattr(parent, child, PTQBitLinear.from_linear(getattr(parent, child), act_bits=act_bits).freeze())
     if hasattr(model, "tokenizer"):
         new.tokenizer = model.tokenizer
     return new.eval()
@@ -381,17 +414,19 @@ def plot_act_bits(ppl: dict[int | None, float], reference: float | None = None, 
 
 
 def act_bits_explorer(model: nn.Module, options: Sequence[int | None] = (4, 6, 8, None), tokens: int = 2048,
-                      reference: float | None = None, value: int | None = 8) -> Any:
+                      reference: float | None = None, value: int | None = 8,
+                      precomputed: dict[int | None, float] | None = None) -> Any:
     """A widget: pick the activation bits → perplexity of the ternary model (cached per setting).
 
     Controls: ``ToggleButtons`` ``activations``; an ``Output`` with :func:`plot_act_bits` of every setting
-    computed so far, the chosen one highlighted. Returns the ``VBox``.
+    computed so far, the chosen one highlighted. ``precomputed`` (bits → perplexity on the same ``tokens``,
+    e.g. from :func:`act_bits_perplexity`) seeds the cache. Returns the ``VBox``.
     """
     import ipywidgets as widgets
     import matplotlib.pyplot as plt
     from IPython.display import display
 
-    cache: dict[int | None, float] = {}
+    cache: dict[int | None, float] = dict(precomputed or {})
     pick = widgets.ToggleButtons(options=[(_bits_label(b), b) for b in options], value=value,
                                  description="activations")
     out = widgets.Output()
