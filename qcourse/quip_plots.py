@@ -162,16 +162,18 @@ def plot_readout(readout: dict[str, Any], codebook: str, ax: Any = None, title: 
     return fig
 
 
-def quip_explorer(w: torch.Tensor, h: torch.Tensor, bits: int = 2) -> Any:
+def quip_explorer(w: torch.Tensor, h: torch.Tensor, bits: int = 2,
+                  cache: dict[tuple[bool, str], dict[str, Any]] | None = None) -> Any:
     """Widget: transform on/off × codebook (E8P / scalar) → weight histogram and proxy loss.
 
-    Each setting is computed once and cached (BlockLDLQ takes a second or two on a SmolLM2 layer).
+    Each setting is computed once and kept in ``cache`` (``{(transform, codebook): quip_readout(...)}``,
+    which may be pre-filled): BlockLDLQ takes a second or two on a SmolLM2 layer.
     """
     import ipywidgets as widgets
     from IPython.display import display
 
     plt = _plt()
-    cache: dict[tuple[bool, str], dict[str, Any]] = {}
+    cache = {} if cache is None else cache
     transform = widgets.ToggleButtons(options=[("transform on", True), ("transform off", False)], value=True)
     codebook = widgets.ToggleButtons(options=[("E8P", "e8p"), ("scalar grid", "scalar")], value="e8p")
     out = widgets.Output()
