@@ -51,10 +51,14 @@ def rotate(w: torch.Tensor, h: torch.Tensor | None = None, seed: int = 0
 
 
 def quip_readout(w: torch.Tensor, h: torch.Tensor, transform: bool, codebook: str, bits: int = 2,
-                 rounding: str = "ldlq", seed: int = 0) -> dict[str, Any]:
+                 rounding: str = "ldlq", seed: int = 0, qw: quip.QuIPWeight | None = None) -> dict[str, Any]:
     """What the widget shows for one setting: the weights as rounded (scaled to the codebook's RMS), their
-    μ and Pearson kurtosis, and the relative proxy loss ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)``."""
-    qw = quip.quip_quantize(w, h, bits, codebook=codebook, transform=transform, rounding=rounding, seed=seed)
+    μ and Pearson kurtosis, and the relative proxy loss ``tr(ΔW H ΔWᵀ)/tr(W H Wᵀ)``.
+
+    ``qw``: the result of that setting if already computed (e.g. kept by :func:`ablation`)."""
+    if qw is None:
+        qw = quip.quip_quantize(w, h, bits, codebook=codebook, transform=transform, rounding=rounding,
+                                seed=seed)
     shown = rotate(w, None, seed)[0] if transform else w.detach().double()
     scaled = shown / float(qw.wscale)
     ref = proxy_loss(w, torch.zeros_like(w), h)
@@ -62,9 +66,12 @@ def quip_readout(w: torch.Tensor, h: torch.Tensor, transform: bool, codebook: st
             "rel_proxy_loss": qw.loss / ref, "bits_per_weight": qw.bits_per_weight}
 
 
-def ablation(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], bits: int = 2, seed: int = 0
+def ablation(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], bits: int = 2, seed: int = 0,
+             keep: dict[tuple[tuple[bool, str, str], str], quip.QuIPWeight] | None = None
              ) -> dict[tuple[bool, str, str], dict[str, float]]:
     """Relative proxy loss of every ablation cell (:data:`ABLATION_CELLS`) on every layer ``{name: (W, H)}``.
+
+    ``keep``, if given, receives every quantized weight under ``(cell, layer name)``.
 
     >>> w = torch.randn(16, 64, generator=torch.Generator().manual_seed(0))
     >>> res = ablation({"toy": (w, torch.eye(64, dtype=torch.float64))})
@@ -79,6 +86,8 @@ def ablation(layers: dict[str, tuple[torch.Tensor, torch.Tensor]], bits: int = 2
             qw = quip.quip_quantize(w, h, bits, codebook=codebook, transform=transform, rounding=rounding,
                                     seed=seed)
             out[cell][name] = qw.loss / proxy_loss(w, torch.zeros_like(w), h)
+            if keep is not None:
+                keep[(cell, name)] = qw
     return out
 
 
