@@ -4,13 +4,18 @@
 bits_per_weight`); this module turns that into bytes of a whole model and asks which GPU holds them.
 Lessons 07–09 extend it (bytes moved per token, rooflines, energy per operation).
 
-Units. ``GB`` is 10⁹ bytes, as GPU vendors market memory and as the seed article's table counts;
-``GiB`` is 2³⁰ bytes, as ``nvidia-smi`` and operating systems report it. A "70 GB" model is 65.2 GiB:
+Units. ``GB`` is 10⁹ bytes, the unit of model sizes here and in the seed article's table; ``GiB`` is 2³⁰
+bytes, as ``nvidia-smi`` and operating systems report memory. A "70 GB" model is 65.2 GiB:
 
 >>> model_bytes(70e9, 8.0) / GB, round(model_bytes(70e9, 8.0) / GiB, 1)
 (70.0, 65.2)
 >>> smallest_gpu(model_bytes(70e9, 4.25))     # 37.2 GB of weights
 'A100 (40 GB)'
+
+GPU memory is sold in "GB" that are in fact close to GiB: an "80 GB" H100 reports 81,559 MiB (85.5 GB),
+an "80 GB" A100 81,920 MiB, a "24 GB" RTX 4090 24,564 MiB. :data:`GPUS` keeps the marketed numbers and
+:func:`smallest_gpu` compares GB of weights with them, which errs on the safe side by up to 7 %; the KV
+cache, activations and the runtime need room beyond the weights anyway (``headroom``).
 
 What is here
 ------------
@@ -36,7 +41,7 @@ __all__ = [
     "precision_table",
 ]
 
-#: bytes in a (decimal) gigabyte, the unit of marketed GPU memory and of the seed article's sizes
+#: bytes in a (decimal) gigabyte: the unit of model sizes here and in the seed article
 GB = 1e9
 #: bytes in a gibibyte, the unit ``nvidia-smi`` and operating systems report
 GiB = float(2**30)
@@ -54,7 +59,7 @@ def model_bytes(n_params: float, bits_per_weight: float) -> float:
     return n_params * bits_per_weight / 8
 
 
-#: GPU memory sizes (marketed capacity, GB) from small to large; weights must fit in (1 - headroom) of it
+#: GPU memory as marketed ("GB", in fact about GiB; see the module docstring), small to large
 GPUS: tuple[tuple[str, float], ...] = (
     ("RTX 3060 (12 GB)", 12.0), ("RTX 4090 (24 GB)", 24.0), ("A100 (40 GB)", 40.0),
     ("A100/H100 (80 GB)", 80.0), ("H200 (141 GB)", 141.0), ("2×H100 (160 GB)", 160.0),
@@ -76,7 +81,8 @@ ARTICLE_TABLE: dict[str, tuple[float, float, str]] = {
 def smallest_gpu(n_bytes: float, headroom: float = 0.0) -> str | None:
     """The first GPU of :data:`GPUS` whose memory, less a ``headroom`` fraction, holds ``n_bytes``.
 
-    ``None`` when none does. Memory is compared in GB (10⁹ bytes) against the marketed capacity.
+    ``None`` when none does. ``n_bytes`` is compared with the marketed capacity read as 10⁹ bytes per GB,
+    a few per cent less than the card really has (the module docstring), so a "fits" here is safe.
 
     >>> smallest_gpu(20e9), smallest_gpu(20e9, headroom=0.2), smallest_gpu(1e15)
     ('RTX 4090 (24 GB)', 'A100 (40 GB)', None)
@@ -135,8 +141,9 @@ def precision_table(n_params: float = 70e9, formats: Sequence[str] | None = None
     """Model size by precision and the smallest GPU (from :data:`GPUS`) whose memory holds the weights.
 
     Counts weights only — not the KV cache, activations or the CUDA context; ``headroom`` reserves that
-    fraction of each GPU's memory for them. GB = 1e9 bytes; GPU capacities are the marketed ones. Every
-    parameter is charged the same bits per weight (embeddings included), an approximation for real models.
+    fraction of each GPU's memory for them. GB = 1e9 bytes; GPU capacities are the marketed ones
+    (:func:`smallest_gpu`). Every parameter is charged the same bits per weight (embeddings included), an
+    approximation for real models.
 
     Parameters
     ----------
