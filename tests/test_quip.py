@@ -180,3 +180,21 @@ def test_api_errors() -> None:
     qw = m.quantize(torch.randn(100, 184), bits=2, hessian=torch.eye(184, dtype=torch.float64),
                     transform=False)
     assert qw.dequantize().shape == (100, 184)
+
+
+def test_quantize_model_with_quip_on_a_small_llama() -> None:
+    # the whole-model path: quantize_model(..., "quip", bits=2, calib=...) swaps every block linear
+    from qcourse.lm.model import Llama, LlamaConfig
+    from qcourse.nn import quantize_model
+
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=64, d_model=64, n_layers=2, n_heads=4, d_ff=192, max_seq_len=32))
+    tokens = torch.randint(0, 64, (8, 32), generator=torch.Generator().manual_seed(1))
+    qmodel, report = quantize_model(model, "quip", bits=2, group_size=None, calib=tokens, progress=False)
+    assert len(report.layers) == 7 * 2
+    assert all(0 < r.proxy_loss < 1 for r in report.layers if r.proxy_loss is not None)
+    with torch.no_grad():
+        out = qmodel(tokens[:2])
+    assert torch.isfinite(out).all()
+    w = model.layers[0].mlp.down_proj.weight.detach()
+    assert w.shape == (64, 192)                    # 192 = 12·16: the Kronecker path inside a model
