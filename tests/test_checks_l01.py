@@ -129,3 +129,14 @@ def test_round_reference_matches_torch_float8_cast_in_range(values: list[float])
     # inside the range, torch's cast is round-to-nearest-even: the same grid and the same ties
     x = torch.tensor(values, dtype=torch.float32)
     assert torch.equal(L.reference_round_to_grid(x, F.E4M3), x.to(torch.float8_e4m3fn).float())
+
+
+def test_quantile_levels_reference_is_nf4_and_accepts_learner_code() -> None:
+    import torch
+
+    from qcourse.checks import l01_formats as L1
+    from qcourse.fp4_blocks import NF4_OFFSET, nf4_levels
+
+    assert torch.allclose(L1.reference_quantile_levels(8, 7, NF4_OFFSET), nf4_levels(), atol=1e-7)
+    assert L1.check_quantile_levels(L1.reference_quantile_levels, verbose=False).passed
+    assert L1.check_quantile_levels(L1._quantile_mutant(), verbose=False).passed

@@ -23,8 +23,9 @@ import torch
 from qcourse import formats as F
 from qcourse.checks._harness import Case, CheckResult, Mutant, run_check
 
-__all__ = ["check_decode_bits", "check_round_to_grid", "check_bits_per_weight_block",
-           "reference_decode_bits", "reference_round_to_grid", "reference_bits_per_weight_block"]
+__all__ = ["check_decode_bits", "check_round_to_grid", "check_bits_per_weight_block", "check_quantile_levels",
+           "reference_decode_bits", "reference_round_to_grid", "reference_bits_per_weight_block",
+           "reference_quantile_levels"]
 
 #: format names the decode exercise uses
 DECODE_FORMATS = {"e4m3": F.E4M3, "e5m2": F.E5M2, "e2m1": F.E2M1}
@@ -271,6 +272,78 @@ def _bpw_todo(bits: float, group_size: int, scale_bits: int, zero_bits: int) -> 
 
 
 #: check name -> wrong implementations it must reject, each with a fragment of the failure report.
+# ---- NF4: a grid from normal quantiles ---------------------------------------------------------------
+
+def reference_quantile_levels(n_pos: int, n_neg: int, offset: float) -> torch.Tensor:
+    """A normal-quantile grid in [−1, 1] with an exact 0 (NF4 is ``(8, 7, (1/30 + 1/32)/2)``).
+
+    Positive levels: the standard-normal quantiles at ``linspace(1 − offset, 1/2, n_pos + 1)`` without the
+    last (which is 0), divided by the largest; negative levels likewise with ``n_neg``, mirrored; plus 0.
+    Returns the ``n_pos + n_neg + 1`` levels, ascending, float32.
+
+    >>> [round(v, 4) for v in reference_quantile_levels(2, 1, 0.1).tolist()]
+    [-1.0, 0.0, 0.4092, 1.0]
+    """
+    top = 1.0 - offset
+    pos = torch.special.ndtri(torch.linspace(top, 0.5, n_pos + 1, dtype=torch.float64)[:-1])
+    neg = torch.special.ndtri(torch.linspace(top, 0.5, n_neg + 1, dtype=torch.float64)[:-1])
+    levels = torch.cat([pos / pos.max(), torch.zeros(1, dtype=torch.float64), -neg / neg.max()])
+    return levels.sort().values.to(torch.float32)
+
+
+def _quantile_cases() -> list[Case]:
+    nf4 = 0.5 * (1 / 30 + 1 / 32)
+    return [
+        Case("NF4: 8 positive, 7 negative levels, QLoRA's offset", (8, 7, nf4)),
+        Case("3-bit: 4 positive, 3 negative", (4, 3, 0.5 * (1 / 6 + 1 / 8))),
+        Case("asymmetric the other way: 3 positive, 4 negative", (3, 4, 0.05)),
+        Case("smallest: one level each side", (1, 1, 0.2)),
+        Case("a small offset (extreme quantiles)", (8, 7, 0.001)),
+    ]
+
+
+def check_quantile_levels(student_fn: Callable[[int, int, float], torch.Tensor],
+                          verbose: bool = True) -> CheckResult:
+    """Check ``quantile_levels(n_pos, n_neg, offset) -> float32 tensor`` of ``n_pos + n_neg + 1`` levels."""
+    return run_check(
+        "quantile_levels", student_fn, reference_quantile_levels, _quantile_cases(), rtol=1e-5, atol=1e-6,
+        hint="""
+            Positive side: torch.special.ndtri at torch.linspace(1 − offset, 0.5, n_pos + 1), dropping the
+            last point (ndtri(0.5) = 0, which is added once, separately); divide by the largest so the top
+            level is exactly 1. Negative side the same with n_neg points, negated. Concatenate with one 0,
+            sort ascending, return float32. The offset keeps ndtri away from 1, where it is infinite.
+            """,
+        verbose=verbose)
+
+
+def _quantile_mutant(keep_half: bool = False, normalise: bool = True, offset_used: bool = True,
+                     uniform: bool = False, swap: bool = False, sort: bool = True,
+                     dtype: torch.dtype = torch.float32, midpoints: bool = False,
+                     todo_small: bool = False) -> Callable[[int, int, float], torch.Tensor]:
+    """A learner-style quantile grid; each keyword switches on one classic mistake."""
+    def quantile_levels(n_pos: int, n_neg: int, offset: float) -> torch.Tensor:
+        if todo_small and n_pos == 1:
+            raise NotImplementedError("one level")
+        if swap:
+            n_pos, n_neg = n_neg, n_pos
+        top = 1.0 - offset if offset_used else 1.0
+
+        def side(n: int) -> torch.Tensor:
+            if uniform:
+                return torch.linspace(1.0, 0.0, n + 1, dtype=torch.float64)[:-1]
+            if midpoints:
+                p = 0.5 + 0.5 * (torch.arange(n, dtype=torch.float64) + 0.5) / n
+            else:
+                p = torch.linspace(top, 0.5, n + 1, dtype=torch.float64)
+                p = p if keep_half else p[:-1]
+            v = torch.special.ndtri(p)
+            return v / v.max() if normalise else v
+
+        levels = torch.cat([side(n_pos), torch.zeros(1, dtype=torch.float64), -side(n_neg)])
+        return (levels.sort().values if sort else levels).to(dtype)
+    return quantile_levels
+
+
 MUTANTS: dict[str, list[Mutant]] = {
     "check_decode_bits": [
         Mutant("bias+1", _decode_mutant(bias_offset=1), "0x38 = 0 0111 000: returned 0.5, expected 1.0"),
@@ -310,5 +383,16 @@ MUTANTS: dict[str, list[Mutant]] = {
         Mutant("nan-for-symmetric", lambda b, g, s, z: b + (s + z) / g if z else math.nan,
                "NaN where a number was expected"),
         Mutant("partial", _bpw_todo, "NotImplementedError"),
+    ],
+    "check_quantile_levels": [
+        Mutant("zero-twice", _quantile_mutant(keep_half=True), "NF4"),
+        Mutant("not-normalised", _quantile_mutant(normalise=False), "NF4"),
+        Mutant("no-offset", _quantile_mutant(offset_used=False), "NaN where a number was expected"),
+        Mutant("uniform-grid", _quantile_mutant(uniform=True), "NF4"),
+        Mutant("sides-swapped", _quantile_mutant(swap=True), "NF4"),
+        Mutant("unsorted", _quantile_mutant(sort=False), "NF4"),
+        Mutant("midpoint-quantiles", _quantile_mutant(midpoints=True), "NF4"),
+        Mutant("float64", _quantile_mutant(dtype=torch.float64), "dtype torch.float64"),
+        Mutant("partial", _quantile_mutant(todo_small=True), "NotImplementedError"),
     ],
 }
