@@ -24,6 +24,7 @@ True
 from __future__ import annotations
 
 import math
+import time
 from typing import Any
 
 import torch
@@ -196,3 +197,75 @@ def layer_costs(out_features: int, in_features: int, scheme: str, memory: str = 
     return {"weight_bits": float(weight_bits), "ops": float(ops * n), "compute_pj": compute_pj,
             "memory_pj": memory_pj, "total_pj": compute_pj + memory_pj}
 
+
+
+# --- language models -------------------------------------------------------------------------------------
+
+#: the three twins of the short live run: float blocks, BitNet b1.58 ternary blocks, BitNet v1 binary blocks
+LM_KINDS = ("float", "ternary", "binary")
+
+
+def train_lm_short(kind: str, steps: int = 40, batch_size: int = 4, seq_len: int = 128,
+                   lr: float | None = None, seed: int = 0, eval_tokens: int = 4096, config: Any = None
+                   ) -> dict[str, Any]:
+    """Train the embedded architecture from scratch for a few ``steps`` with ``kind`` blocks; same seed, same
+    initial latent weights, same batches for every kind, so the runs differ only in the block linears.
+
+    ``kind``: ``"float"`` (``nn.Linear``), ``"ternary"`` (:class:`~qcourse.nn.bitlinear.BitLinear`, BitNet
+    b1.58) or ``"binary"`` (:func:`~qcourse.nn.binary.bitnet_v1`, BitNet's W1A8). The embedding and the head
+    stay in float, as in BitNet. Recipe: AdamW (0.9, 0.95), weight decay 0.1 on matrices, warm-up for a
+    tenth of the steps then cosine (:func:`qcourse.lm.train.lr_at`), gradient clipping at 1; ``lr`` defaults
+    to 3e-3 for float and 6e-3 for the low-bit twins (the shipped models' peak rates).
+
+    Returns ``{"kind", "steps", "tokens", "train_loss" (per step), "val_ppl", "seconds", "model"}``, the
+    perplexity on the first ``eval_tokens`` validation bytes.
+    """
+    from qcourse.lm import corpus
+    from qcourse.lm.evaluate import perplexity
+    from qcourse.lm.model import Llama
+    from qcourse.lm.tokenizer import ByteTokenizer
+    from qcourse.lm.train import MODEL_CONFIG, TrainConfig, lr_at
+    from qcourse.nn.binary import to_binary_linear
+    from qcourse.nn.bitlinear import to_bitlinear
+
+    if kind not in LM_KINDS:
+        raise ValueError(f"kind must be one of {list(LM_KINDS)}; got {kind!r}")
+    config = MODEL_CONFIG if config is None else config
+    lr = (3e-3 if kind == "float" else 6e-3) if lr is None else float(lr)
+    sched = TrainConfig(steps=steps, batch_size=batch_size, seq_len=seq_len, lr=lr,
+                        warmup_steps=max(1, steps // 10), seed=seed)
+    tok = ByteTokenizer()
+    data = corpus.encode_split(tok, "train")
+    torch.manual_seed(seed)
+    model = Llama(config)
+    if kind == "ternary":
+        to_bitlinear(model)
+    elif kind == "binary":
+        to_binary_linear(model, "bitnet_v1")
+    model.tokenizer = tok
+    matrices = [p for p in model.parameters() if p.ndim >= 2]
+    others = [p for p in model.parameters() if p.ndim < 2]
+    groups = [{"params": matrices, "weight_decay": 0.1}, {"params": others, "weight_decay": 0.0}]
+    opt = torch.optim.AdamW(groups, lr=lr, betas=(0.9, 0.95))
+    g = torch.Generator().manual_seed(seed + 1)
+    offsets = torch.arange(seq_len + 1)
+    losses = []
+    t0 = time.perf_counter()
+    model.train()
+    for step in range(steps):
+        starts = torch.randint(0, len(data) - seq_len, (batch_size,), generator=g)
+        w = data[starts[:, None] + offsets]
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, sched)
+        logits = model(w[:, :-1])
+        loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), w[:, 1:].reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        losses.append(loss.item())
+    seconds = time.perf_counter() - t0
+    model.eval()
+    ppl = perplexity(model, tokens=eval_tokens)
+    return {"kind": kind, "steps": steps, "tokens": steps * batch_size * seq_len, "train_loss": losses,
+            "val_ppl": ppl, "seconds": seconds, "model": model}
