@@ -15,7 +15,6 @@ from qcourse.methods.bitnet import TernaryWeight
 pytest.importorskip("numba")
 
 from qcourse.kernels import cpu  # noqa: E402
-
 from tests.test_kernels import _affine  # noqa: E402
 
 CASES = [
@@ -69,7 +68,8 @@ def test_lut_tables_by_brute_force():
     for p in range(2):
         for c0 in range(4):
             for c1 in range(4):
-                assert t[0, p, c0 + 4 * c1] == pytest.approx((c0 - 1) * x[0, 2 * p] + (c1 - 1) * x[0, 2 * p + 1])
+                want = (c0 - 1) * x[0, 2 * p] + (c1 - 1) * x[0, 2 * p + 1]
+                assert t[0, p, c0 + 4 * c1] == pytest.approx(float(want))
 
 
 @given(n=st.integers(1, 5), k=st.integers(1, 200), batch=st.integers(1, 8), seed=st.integers(0, 999))

@@ -62,7 +62,8 @@ FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary")
 
 def _require() -> None:
     if not AVAILABLE:
-        raise RuntimeError("numba is not installed: install the 'kernels' extra, or use qcourse.kernels.reference")
+        raise RuntimeError("numba is not installed: install the 'kernels' extra, "
+                           "or use qcourse.kernels.reference")
 
 
 def set_threads(n: int) -> None:

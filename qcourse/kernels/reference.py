@@ -18,12 +18,12 @@ Formats (the storage is documented in the modules that own it):
 
 >>> import torch
 >>> from qcourse.affine import AffineQuantizedWeight, quantize_groups
->>> w = torch.tensor([[-1.0, 0.0, 0.7, 2.0], [1.0, 2.0, 3.0, 4.0]])
->>> codes, scale, zero = quantize_groups(w, bits=2, group_size=2)
->>> qw = AffineQuantizedWeight(codes, 2, 2, 1, scale, zero.to(torch.uint8))
+>>> w = torch.tensor([[-1.0, 0.0, 0.7, 2.0], [-3.0, 0.0, 3.0, 6.0]])
+>>> codes, scale, zero = quantize_groups(w, bits=2, group_size=4)
+>>> qw = AffineQuantizedWeight(codes, 2, 4, 1, scale, zero.to(torch.uint8))
 >>> x = torch.tensor([[1.0, 1.0, 1.0, 1.0]])
 >>> matmul(x, qw).tolist(), (x @ qw.dequantize().T).tolist()
-([[2.0, 10.0]], [[2.0, 10.0]])
+([[2.0, 6.0]], [[2.0, 6.0]])
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ __all__ = ["affine_params", "gemm_affine", "gemm_ternary", "gemm_binary", "matmu
 
 def _check_x(x: torch.Tensor, k: int) -> torch.Tensor:
     if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        raise TypeError(f"x must be a floating-point torch.Tensor; got {getattr(x, 'dtype', type(x).__name__)}")
+        got = getattr(x, "dtype", type(x).__name__)
+        raise TypeError(f"x must be a floating-point torch.Tensor; got {got}")
     if x.ndim not in (1, 2) or x.shape[-1] != k:
         raise ValueError(f"x must be [in_features] or [batch, in_features] with in_features={k}; "
                          f"got shape {tuple(x.shape)}")
@@ -93,8 +94,9 @@ def _check_affine(packed: torch.Tensor, bits: int, shape: tuple[int, int], group
         raise ValueError(f"bits must be an int from 1 to 8; got {bits!r}")
     if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.ndim != 1 \
             or packed.numel() != packing.packed_nbytes(n * k, bits):
+        got = getattr(packed, "shape", type(packed))
         raise ValueError(f"packed must be a 1-D uint8 tensor of packed_nbytes({n * k}, {bits}) = "
-                         f"{packing.packed_nbytes(n * k, bits)} bytes; got {getattr(packed, 'shape', packed)}")
+                         f"{packing.packed_nbytes(n * k, bits)} bytes; got {got}")
     if isinstance(group, bool) or not isinstance(group, int) or group < 1 or (n * k) % group \
             or (k % group and group % k):
         raise ValueError(f"group must be a positive int that divides in_features={k} or is a multiple of it "
