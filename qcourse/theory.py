@@ -73,6 +73,7 @@ __all__ = [
     "nearest_zn",
     "rd_curve",
     "sample_rd_rows",
+    "trellis_quantize",
     "reverse_water_filling",
     "uniform_plan",
     "uniform_quantizer",
@@ -1226,3 +1227,61 @@ def sample_rd_rows(
             "gaussian_bound": gaussian_distortion_rate(float(r)),
         })
     return rows
+
+
+# --------------------------------------------------------------------------------------------------------
+# Stretch: a bitshift trellis quantizer (the idea of QTIP, Tseng et al. 2024)
+
+
+def _viterbi(x: np.ndarray, code: np.ndarray, k: int, start: int | None, end: int | None) -> np.ndarray:
+    """Least-squared-error path through the bitshift trellis; returns the state after each step."""
+    n_states = code.size
+    rest = n_states >> k
+    cost = np.zeros(n_states) if start is None else np.full(n_states, np.inf)
+    if start is not None:
+        cost[start] = 0.0
+    back = np.empty((x.size, rest), dtype=np.uint8)
+    for t in range(x.size):
+        # state s' = (s << k | b) mod 2^L: its predecessors differ only in the k bits shifted out
+        c = cost.reshape(1 << k, rest)
+        arg = np.argmin(c, axis=0)
+        back[t] = arg
+        cost = np.repeat(c[arg, np.arange(rest)], 1 << k) + (x[t] - code) ** 2
+    s = int(np.argmin(cost)) if end is None else end
+    states = np.empty(x.size, dtype=np.int64)
+    for t in range(x.size - 1, -1, -1):
+        states[t] = s
+        s = int(back[t, s >> k]) * rest + (s >> k)
+    return states
+
+
+def trellis_quantize(x: Any, state_bits: int = 12, bits: int = 2, seed: int = 0) -> np.ndarray:
+    """Quantize a sequence with a tail-biting bitshift trellis: ``bits`` bits per value, no side bits.
+
+    The decoder keeps an ``L = state_bits``-bit state; each value shifts ``bits`` new bits in
+    (``state ← (state·2^k + b) mod 2^L``) and outputs ``code[state]``, a seeded pseudo-random N(0, 1) table
+    of ``2^L`` entries — so each output depends on an L-bit window of the bit stream (QTIP's "bitshift"
+    trellis: Tseng, Sun, Hou, De Sa, arXiv:2406.11235). The encoder finds the bit stream with the least
+    squared error by Viterbi's algorithm over the ``2^L`` states. Tail-biting (the state before the first
+    value is the state after the last, so no start state is sent) follows QTIP's two-pass approximation:
+    Viterbi on the sequence rotated by half to find that state, then Viterbi constrained to it.
+
+    >>> x = np.random.default_rng(0).standard_normal(256)
+    >>> y = trellis_quantize(x, state_bits=8)
+    >>> y.shape, bool(np.mean((x - y) ** 2) < 0.1175)  # better than the best scalar 2-bit quantizer
+    ((256,), True)
+    """
+    a = _as_samples(x, "x")
+    if not (isinstance(state_bits, int) and isinstance(bits, int) and 1 <= bits < state_bits <= 20):
+        raise ValueError(
+            f"need integers 1 <= bits < state_bits <= 20; got bits={bits}, state_bits={state_bits}"
+        )
+    if state_bits % bits:
+        raise ValueError(f"state_bits must be a multiple of bits (whole steps per window); got {state_bits}")
+    if a.size < 2 * state_bits // bits:
+        raise ValueError(f"x must hold at least {2 * state_bits // bits} values for tail-biting")
+    code = np.random.default_rng(seed).standard_normal(1 << state_bits)
+    half = a.size // 2
+    rotated = _viterbi(np.roll(a, -half), code, bits, None, None)
+    wrap = int(rotated[a.size - half - 1])  # state after the original's last value
+    return code[_viterbi(a, code, bits, wrap, wrap)]

@@ -433,3 +433,39 @@ def test_bench_rd_tables_respect_the_bound():
     by = {r["method"]: r for r in rows if r["bits_per_weight"] == 2.0}
     assert by["e8p (QuIP#)"]["mse"] < by["lloyd-max"]["mse"]  # vector quantization beats the scalar optimum
     assert by["e8p (QuIP#)"]["mse"] == pytest.approx(0.0911, abs=0.004)
+
+
+# ---------------------------------------------------------------- bitshift trellis (stretch)
+
+
+def test_trellis_beats_scalar_and_respects_the_bound():
+    x = np.random.default_rng(5).standard_normal(256 * 4)
+    y = np.concatenate([T.trellis_quantize(x[i:i + 256], state_bits=10) for i in range(0, x.size, 256)])
+    mse = float(np.mean((x - y) ** 2))
+    assert T.gaussian_distortion_rate(2) < mse < T.lloyd_max(G, 4).mse(G)
+    np.testing.assert_array_equal(y[:256], T.trellis_quantize(x[:256], state_bits=10))  # deterministic
+
+
+def test_trellis_path_is_a_tail_biting_bitshift_walk():
+    x = np.random.default_rng(6).standard_normal(64)
+    code = np.random.default_rng(0).standard_normal(1 << 6)
+    states = T._viterbi(x, code, 2, 5, 5)
+    prev = np.concatenate([[5], states[:-1]])
+    assert np.all((states >> 2) == (prev & ((1 << 4) - 1)))  # each step shifts 2 new bits in
+    assert states[-1] == 5
+    # exhaustive check on a tiny trellis: Viterbi's path has the least error of all 4^6 bit streams
+    xs = x[:6]
+    best = min(
+        sum((xs[t] - code[s]) ** 2 for t, s in enumerate(_walk(5, bs)))
+        for bs in itertools.product(range(4), repeat=6)
+    )
+    got = T._viterbi(xs, code, 2, 5, None)
+    assert float(np.sum((xs - code[got]) ** 2)) == pytest.approx(best, rel=1e-12)
+
+
+def _walk(start, symbols):
+    s, out = start, []
+    for b in symbols:
+        s = ((s << 2) | b) & 63
+        out.append(s)
+    return out

@@ -102,12 +102,16 @@ def lloyd_max_table() -> list[dict[str, Any]]:
     return rows
 
 
-def gaussian_table(samples: int = 1 << 18, seed: int = 0, group_size: int = 64) -> list[dict[str, Any]]:
+def gaussian_table(
+    samples: int = 1 << 18, seed: int = 0, group_size: int = 64, trellis_samples: int = 8192
+) -> list[dict[str, Any]]:
     """Every quantizer on N(0, 1): ``{"method", "bits_per_weight", "mse", "bound", "gap_db", "how"}`` rows.
 
     Package methods (RTN, HQQ, E8P, k-means VQ) run on ``samples`` seeded Gaussian weights with their
     stored scales counted in ``bits_per_weight``; fixed scalar rules (Lloyd–Max, best uniform, absmean
-    ternary, sign binary, entropy-coded uniform) are integrated exactly.
+    ternary, sign binary, entropy-coded uniform) are integrated exactly. The tail-biting bitshift trellis
+    (:func:`qcourse.theory.trellis_quantize`, 2^14 states, sequences of 256) runs on the first
+    ``trellis_samples`` samples (0 leaves it out: it is the slow row).
     """
     from qcourse import lattice, methods
     from qcourse.kmeans import assign, kmeans
@@ -152,6 +156,11 @@ def gaussian_table(samples: int = 1 << 18, seed: int = 0, group_size: int = 64) 
     res = kmeans(train, 256, n_iter=40, seed=seed)
     _, d2 = assign(x4, res.centroids)
     add("k-means VQ 4-D, 256 codes (AQLM-style)", 2.0, float(d2.mean()) / 4, f"{samples} samples")
+    if trellis_samples:
+        x = w.double().flatten()[: trellis_samples - trellis_samples % 256].numpy()
+        y = np.concatenate([T.trellis_quantize(x[i:i + 256], 14, 2, seed) for i in range(0, x.size, 256)])
+        add("bitshift trellis L=14 (QTIP-style)", 2.0, float(np.mean((x - y) ** 2)),
+            f"{x.size} samples, tail-biting, sequences of 256")
     return rows
 
 
