@@ -117,7 +117,7 @@ def check_kmeans_step(student_fn: Callable[[torch.Tensor, torch.Tensor], tuple[t
     """Check ``kmeans_step(x, centroids) -> (labels, new_centroids)`` (one Lloyd iteration)."""
     return run_check(
         "kmeans_step", student_fn, reference_kmeans_step, _kmeans_cases(), rtol=1e-5, atol=1e-6,
-        result_names=("labels", "centroids"),
+        result_names=("labels", "centroids"), verbose=verbose,
         hint="Assignment: argmin over centroids of the squared distance (argmin returns the first minimum, "
              "so ties go to the lowest index). Update: the mean of the points assigned to each centroid, "
              "computed per cluster (index_add_ or a loop over k); a centroid with no points keeps its old "
@@ -152,7 +152,7 @@ def check_beam_two_codebooks(student_fn: Callable[..., tuple[torch.Tensor, torch
     """Check ``beam_two_codebooks(t, h, c1, c2, beam) -> (a, b, error)``."""
     return run_check(
         "beam_two_codebooks", student_fn, reference_beam_two_codebooks, _beam_cases(), rtol=1e-9, atol=1e-9,
-        result_names=("a", "b", "error"),
+        result_names=("a", "b", "error"), verbose=verbose,
         hint="Step 1: the error of c1[a] alone, e = (t − c1[a]) H (t − c1[a])ᵀ, for every a; keep the "
              "`beam` smallest (torch.topk(..., largest=False) or a stable sort; never more than K). Step 2: "
              "for each kept a, the error of c1[a] + c2[b] for every b — the pair, not c2[b] scored on its "
@@ -176,7 +176,7 @@ def check_aqlm_bits(student_fn: Callable[..., float], verbose: bool = True) -> C
     """Check ``aqlm_bits(out_features, in_features, n_codebooks, codebook_bits, in_group_size=8)``."""
     return run_check(
         "aqlm_bits", student_fn, reference_aqlm_bits, _bits_cases(), rtol=1e-12, atol=0,
-        result_names=("bits per weight",), exact_dtype=False,
+        result_names=("bits per weight",), exact_dtype=False, verbose=verbose,
         hint="Count stored bits, then divide by out·in. Codes: every row has in/g groups, each with M codes "
              "of B bits. Codebooks: M of them, each 2^B vectors of g fp16 numbers (16 bits each), stored "
              "once per layer. Scales: one fp16 number per output row.")
