@@ -269,3 +269,111 @@ def train_lm_short(kind: str, steps: int = 40, batch_size: int = 4, seq_len: int
     ppl = perplexity(model, tokens=eval_tokens)
     return {"kind": kind, "steps": steps, "tokens": steps * batch_size * seq_len, "train_loss": losses,
             "val_ppl": ppl, "seconds": seconds, "model": model}
+
+
+# --- post-training binarization of a trained MLP, its widget and figures --------------------------------
+
+#: widget schemes: label -> (bases, centre)
+PTQ_SCHEMES = {"sign · mean|W| (XNOR-Net)": (1, False), "centred sign (BitNet v1)": (1, True),
+               "residual, 2 bases": (2, False)}
+#: widget scales: label -> (granularity, group_size)
+PTQ_SCALES = {"tensor": ("tensor", None), "row": ("row", None), "group of 16": ("row", 16)}
+
+
+def ptq_digits(model: DigitsMLP, scheme: str, scale: str, data: Any = None) -> dict[str, float]:
+    """Binarize every linear of a trained float :class:`DigitsMLP` after training (``methods.get("binary")``)
+    and measure ``{"rel_mse"`` (weight error over weight power, all layers), ``"acc"`` (test accuracy),
+    ``"bits_per_weight"}``; BatchNorm stays in float.
+
+    >>> m, _ = train_digits("float", epochs=1, hidden=32)
+    >>> r = ptq_digits(m, "residual, 2 bases", "row")
+    >>> 0 < r["rel_mse"] < 0.3, r["bits_per_weight"] > 2
+    (True, True)
+    """
+    import copy
+
+    from qcourse import methods
+
+    if scheme not in PTQ_SCHEMES:
+        raise ValueError(f"scheme must be one of {list(PTQ_SCHEMES)}; got {scheme!r}")
+    if scale not in PTQ_SCALES:
+        raise ValueError(f"scale must be one of {list(PTQ_SCALES)}; got {scale!r}")
+    if not isinstance(model, DigitsMLP) or model.kind != "float":
+        raise ValueError("model must be a DigitsMLP of kind 'float' (trained float weights to binarize)")
+    bases, center = PTQ_SCHEMES[scheme]
+    granularity, group_size = PTQ_SCALES[scale]
+    q = copy.deepcopy(model).eval()
+    err = power = bits = n = 0.0
+    for lin in q.linears:
+        w = lin.weight.detach()
+        qw = methods.get("binary").quantize(w, bits=bases, group_size=group_size, granularity=granularity,
+                                            center=center)
+        w_hat = qw.dequantize()
+        err += float(((w - w_hat) ** 2).sum())
+        power += float((w ** 2).sum())
+        bits += qw.storage_bits
+        n += w.numel()
+        with torch.no_grad():
+            lin.weight.copy_(w_hat)
+    _, (x_te, y_te) = data if data is not None else digits.load()
+    return {"rel_mse": err / power, "acc": accuracy(q, x_te, y_te), "bits_per_weight": bits / n}
+
+
+def plot_ptq_grid(model: DigitsMLP, data: Any = None, highlight: tuple[str, str] | None = None) -> Any:
+    """Figure: relative weight error and test accuracy of every scheme × scale (the widget's static view)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
+    width = 0.8 / len(PTQ_SCALES)
+    for j, scale in enumerate(PTQ_SCALES):
+        rs = [ptq_digits(model, s, scale, data) for s in PTQ_SCHEMES]
+        xs = [i + (j - 1) * width for i in range(len(PTQ_SCHEMES))]
+        axes[0].bar(xs, [r["rel_mse"] for r in rs], width, label=f"scale per {scale}")
+        axes[1].bar(xs, [r["acc"] for r in rs], width, label=f"scale per {scale}")
+    for ax, title in zip(axes, ("relative weight MSE", "test accuracy after binarization"), strict=True):
+        ax.set_xticks(range(len(PTQ_SCHEMES)), [s.split(" (")[0] for s in PTQ_SCHEMES], fontsize=8)
+        ax.set_title(title)
+    axes[1].legend(fontsize=8)
+    if highlight is not None:
+        fig.suptitle(f"selected: {highlight[0]}, scale per {highlight[1]}", fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def binarization_explorer(model: DigitsMLP, data: Any = None) -> Any:
+    """A widget: pick a binarization scheme and a scale granularity for the trained float MLP; read the
+    weight error, bits per weight and test accuracy. Controls: ``Dropdown(description="scheme")``,
+    ``Dropdown(description="scale")``; an ``HTML`` read-out. Returns the ``VBox``."""
+    import ipywidgets as widgets
+
+    scheme_dd = widgets.Dropdown(options=list(PTQ_SCHEMES), value=next(iter(PTQ_SCHEMES)),
+                                 description="scheme")
+    scale_dd = widgets.Dropdown(options=list(PTQ_SCALES), value="row", description="scale")
+    readout = widgets.HTML()
+
+    def update(_: Any = None) -> None:
+        r = ptq_digits(model, scheme_dd.value, scale_dd.value, data)
+        readout.value = (f"relative weight MSE <b>{r['rel_mse']:.3f}</b> · {r['bits_per_weight']:.3f} "
+                         f"bits per weight · test accuracy <b>{r['acc']:.3f}</b>")
+
+    scheme_dd.observe(update, names="value")
+    scale_dd.observe(update, names="value")
+    update()
+    return widgets.VBox([widgets.HBox([scheme_dd, scale_dd]), readout])
+
+
+def plot_histories(histories: dict[str, dict[str, list[float]]]) -> Any:
+    """Figure: test accuracy and train/test loss per epoch for each trained kind."""
+    import matplotlib.pyplot as plt
+
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.4))
+    for kind, h in histories.items():
+        epochs = range(1, len(h["test_acc"]) + 1)
+        (line,) = a1.plot(epochs, h["test_acc"], marker="o", ms=3, label=kind)
+        a2.plot(epochs, h["train_loss"], color=line.get_color(), label=f"{kind} (train)")
+        a2.plot(epochs, h["test_loss"], color=line.get_color(), ls="--")
+    a1.set(xlabel="epoch", ylabel="test accuracy", title="digits: accuracy")
+    a2.set(xlabel="epoch", ylabel="cross-entropy", title="loss (solid: train, dashed: test)")
+    a1.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
