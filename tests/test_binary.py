@@ -302,3 +302,31 @@ def test_layer_costs_use_horowitz_values():
         binary_nets.layer_costs(2, 2, "int4")
     with pytest.raises(ValueError, match="memory"):
         binary_nets.layer_costs(2, 2, "fp32", memory="fp32_add")
+
+
+def test_ptq_digits_residual_beats_one_basis_and_refuses_bad_names():
+    model, _ = binary_nets.train_digits("float", epochs=2, hidden=32, seed=0)
+    one = binary_nets.ptq_digits(model, "sign · mean|W| (XNOR-Net)", "row")
+    two = binary_nets.ptq_digits(model, "residual, 2 bases", "row")
+    assert two["rel_mse"] < 0.5 * one["rel_mse"]
+    assert 1 < one["bits_per_weight"] < 2 < two["bits_per_weight"] < 3
+    with pytest.raises(ValueError, match="scheme"):
+        binary_nets.ptq_digits(model, "ternary", "row")
+    with pytest.raises(ValueError, match="scale"):
+        binary_nets.ptq_digits(model, "residual, 2 bases", "column")
+    with pytest.raises(ValueError, match="float"):
+        binary_nets.ptq_digits(binary_nets.DigitsMLP("bnn", 8), "residual, 2 bases", "row")
+
+
+def test_train_lm_short_twins_share_initial_latent_weights():
+    from qcourse.lm.model import LlamaConfig
+    cfg = LlamaConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=64,
+                      max_seq_len=32)
+    runs = {k: binary_nets.train_lm_short(k, steps=2, batch_size=2, seq_len=16, eval_tokens=64, config=cfg)
+            for k in binary_nets.LM_KINDS}
+    n_binary = sum(isinstance(m, nb.BinaryLinear) for m in runs["binary"]["model"].modules())
+    assert n_binary > 0 and all(r["tokens"] == 64 and len(r["train_loss"]) == 2 for r in runs.values())
+    # same seed, same batches: the first losses differ only by the block linears' quantization
+    assert abs(runs["float"]["train_loss"][0] - runs["binary"]["train_loss"][0]) < 0.5
+    with pytest.raises(ValueError, match="kind"):
+        binary_nets.train_lm_short("int4", steps=1, config=cfg)
