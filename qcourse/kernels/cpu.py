@@ -86,54 +86,54 @@ if AVAILABLE:
         return sig, codegen
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _affine4(x, xsum, packed, scale, zero, n, k, seg, group):
-        # rows start on a byte (k even) and groups hold whole bytes (seg even)
-        b_count = x.shape[0]
+    def _affine4(xp, xsum, packed, scale, zero, n, k, seg, group):
+        # xp[b, t, j] = x[b, 2j + t] (activations split by nibble position, so the loop below reads
+        # two contiguous streams and vectorizes); rows start on a byte, groups hold whole bytes
+        b_count = xp.shape[0]
         y = np.zeros((b_count, n), dtype=np.float32)
         nseg = k // seg
+        nb = seg >> 1
         for r in prange(n):
-            base = (r * k) >> 1
+            row = packed[(r * k) >> 1:((r + 1) * k) >> 1]
             for b in range(b_count):
                 total = np.float32(0.0)
                 for s in range(nseg):
                     gi = (r * k + s * seg) // group
-                    off = base + (s * seg >> 1)
-                    xo = s * seg
-                    acc0 = np.float32(0.0)
-                    acc1 = np.float32(0.0)
-                    for j in range(seg >> 1):
-                        byte = packed[off + j]
-                        acc0 += np.float32(byte & 15) * x[b, xo + 2 * j]
-                        acc1 += np.float32(byte >> 4) * x[b, xo + 2 * j + 1]
-                    total += scale[gi] * (acc0 + acc1 - zero[gi] * xsum[b, s])
+                    lo = xp[b, 0, s * nb:(s + 1) * nb]
+                    hi = xp[b, 1, s * nb:(s + 1) * nb]
+                    codes = row[s * nb:(s + 1) * nb]
+                    acc = np.float32(0.0)
+                    for j in range(nb):
+                        byte = np.int32(codes[j])
+                        acc += np.float32(byte & 15) * lo[j] + np.float32(byte >> 4) * hi[j]
+                    total += scale[gi] * (acc - zero[gi] * xsum[b, s])
                 y[b, r] = total
         return y
 
     @njit(parallel=True, fastmath=True, cache=True)
-    def _affine2(x, xsum, packed, scale, zero, n, k, seg, group):
-        # rows start on a byte (k % 4 == 0) and groups hold whole bytes (seg % 4 == 0)
-        b_count = x.shape[0]
+    def _affine2(xp, xsum, packed, scale, zero, n, k, seg, group):
+        # xp[b, t, j] = x[b, 4j + t]; rows start on a byte (k % 4 == 0), groups hold whole bytes
+        b_count = xp.shape[0]
         y = np.zeros((b_count, n), dtype=np.float32)
         nseg = k // seg
+        nb = seg >> 2
         for r in prange(n):
-            base = (r * k) >> 2
+            row = packed[(r * k) >> 2:((r + 1) * k) >> 2]
             for b in range(b_count):
                 total = np.float32(0.0)
                 for s in range(nseg):
                     gi = (r * k + s * seg) // group
-                    off = base + (s * seg >> 2)
-                    xo = s * seg
-                    acc0 = np.float32(0.0)
-                    acc1 = np.float32(0.0)
-                    acc2 = np.float32(0.0)
-                    acc3 = np.float32(0.0)
-                    for j in range(seg >> 2):
-                        byte = packed[off + j]
-                        acc0 += np.float32(byte & 3) * x[b, xo + 4 * j]
-                        acc1 += np.float32((byte >> 2) & 3) * x[b, xo + 4 * j + 1]
-                        acc2 += np.float32((byte >> 4) & 3) * x[b, xo + 4 * j + 2]
-                        acc3 += np.float32(byte >> 6) * x[b, xo + 4 * j + 3]
-                    total += scale[gi] * (acc0 + acc1 + acc2 + acc3 - zero[gi] * xsum[b, s])
+                    x0 = xp[b, 0, s * nb:(s + 1) * nb]
+                    x1 = xp[b, 1, s * nb:(s + 1) * nb]
+                    x2 = xp[b, 2, s * nb:(s + 1) * nb]
+                    x3 = xp[b, 3, s * nb:(s + 1) * nb]
+                    codes = row[s * nb:(s + 1) * nb]
+                    acc = np.float32(0.0)
+                    for j in range(nb):
+                        byte = np.int32(codes[j])
+                        acc += (np.float32(byte & 3) * x0[j] + np.float32((byte >> 2) & 3) * x1[j]
+                                + np.float32((byte >> 4) & 3) * x2[j] + np.float32(byte >> 6) * x3[j])
+                    total += scale[gi] * (acc - zero[gi] * xsum[b, s])
                 y[b, r] = total
         return y
 
@@ -181,14 +181,15 @@ if AVAILABLE:
         y = np.zeros((b_count, n), dtype=np.float32)
         nbytes = k >> 2
         for r in prange(n):
-            base = r * nbytes
+            row = packed[r * nbytes:(r + 1) * nbytes]
             for b in range(b_count):
+                tb = tables[b]
                 acc0 = np.float32(0.0)
                 acc1 = np.float32(0.0)
                 for j in range(nbytes):
-                    byte = packed[base + j]
-                    acc0 += tables[b, 2 * j, byte & 15]
-                    acc1 += tables[b, 2 * j + 1, byte >> 4]
+                    byte = np.int32(row[j])
+                    acc0 += tb[2 * j, byte & 15]
+                    acc1 += tb[2 * j + 1, byte >> 4]
                 y[b, r] = gamma * (acc0 + acc1)
         return y
 
@@ -234,10 +235,11 @@ def gemm_affine(x: torch.Tensor, packed: torch.Tensor, bits: int, shape: tuple[i
     p = packed.numpy()
     s = scale.detach().reshape(-1).to(torch.float32).numpy()
     z = zero.detach().reshape(-1).to(torch.float32).numpy()
-    if bits == 4 and k % 2 == 0 and seg % 2 == 0:
-        y = _affine4(xb, xsum, p, s, z, n, k, seg, group)
-    elif bits == 2 and k % 4 == 0 and seg % 4 == 0:
-        y = _affine2(xb, xsum, p, s, z, n, k, seg, group)
+    per = 8 // bits
+    if bits in (2, 4) and k % per == 0 and seg % per == 0:
+        planes = np.ascontiguousarray(xb.reshape(xb.shape[0], k // per, per).transpose(0, 2, 1))
+        kernel = _affine4 if bits == 4 else _affine2
+        y = kernel(planes, xsum, p, s, z, n, k, seg, group)
     else:
         y = _affine_any(xb, xsum, p, s, z, n, k, seg, group, bits)
     return _out(y, vec)
