@@ -1,10 +1,15 @@
-"""A real browser drives JupyterLab: open lesson 01, run all cells, change the widget, see the lesson respond.
+"""A real browser drives JupyterLab: open lesson 01, run all cells, change the widget, see the lesson respond;
+and lesson 02's ``quantization_explorer``: change the method, then the bits, see read-out and figure change.
 
 JupyterLab is started on 127.0.0.1 (free port, random token) with the repository as its root, and headless
 Debian Chromium is driven by Playwright (never ``playwright install``: no download). Lesson 01's widget has
 a ``Dropdown`` described "format", one described "granularity", an ``HTML`` read-out with "relative MSE"
 followed by a number, and a matplotlib figure in an ``Output`` widget. The test changes "format" and asserts
 the read-out and the figure both change. A screenshot lands in ``test-artifacts/`` when it fails.
+
+Lesson 02 as a whole takes minutes (it loads SmolLM2), so its test runs a two-cell notebook: the embedded
+model's ``Sweep``, then the lesson's own explorer cell (read from the lesson by its cell id), whose
+``ToggleButtons`` "method" and "bits" it clicks; the read-out names the setting and its perplexity.
 
 Skipped when ``/usr/bin/chromium`` is absent, unless ``QCOURSE_REQUIRE_BROWSER=1`` (CI sets it).
 """
@@ -131,9 +136,7 @@ def _run_widget_notebook(root: Path, rel: str, workdir: Path, shot_name: str) ->
                 if dialog.count():
                     dialog.locator("button", has_text=re.compile(r"^Select$")).click()
                 page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
-                # Run → Run All Cells, as a learner would
-                page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
-                page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+                _run_all(page)                  # Run → Run All Cells, as a learner would
 
                 fmt = page.locator(".widget-dropdown",
                                    has=page.locator("label", has_text=re.compile(r"^format$")))
@@ -230,3 +233,114 @@ def test_browser_machinery_on_scratch_notebook(workdir):
     root.mkdir()
     _scratch_notebook(root / "scratch.ipynb")
     _assert_changed(_run_widget_notebook(root, "scratch.ipynb", workdir, "scratch-widget"))
+
+
+LESSON02 = "notebooks/02_rtn_hqq.ipynb"
+EXPLORER_CELL = "8a72e444"          # the lesson's quantization_explorer cell
+PPL_READOUT = re.compile(r"perplexity\D{0,20}?(\d+(?:\.\d+)?(?:[eE][-+]?\d+)?)")
+
+
+def _explorer_notebook(path: Path) -> str:
+    """Two cells: the embedded model's Sweep, then lesson 02's explorer cell verbatim; returns its source."""
+    lesson = nbformat.read(ROOT / LESSON02, as_version=4)
+    (cell,) = [c for c in lesson.cells if c.get("id") == EXPLORER_CELL]
+    setup = ("from qcourse import lm, widgets\nfrom qcourse.sweeps import Sweep\n"
+             "model = lm.load()\nsweep = Sweep(model, tokens=4096)")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(setup),
+                                         nbformat.v4.new_code_cell(cell.source)])
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+    return cell.source
+
+
+def _click_and_wait(page, group, value: str, readout, figure, before: dict[str, str]) -> dict[str, str]:
+    group.locator("button", has_text=re.compile(rf"^\s*{re.escape(value)}\s*$")).first.click()
+    deadline = time.monotonic() + 150
+    after = before
+    while time.monotonic() < deadline:
+        after = {"readout": readout.inner_text(), "figure": figure.get_attribute("src") or ""}
+        if (after["readout"] != before["readout"] and after["figure"] != before["figure"]
+                and PPL_READOUT.search(after["readout"])):
+            break
+        page.wait_for_timeout(250)
+    return after
+
+
+def _run_all(page) -> None:
+    """Run → Run All Cells; if no cell has started within 30 s (the kernel was still starting), run the
+    cells one by one with Shift+Enter, as a learner would."""
+    page.locator(".lm-MenuBar-itemLabel", has_text=re.compile(r"^Run$")).click()
+    page.locator(".lm-Menu-itemLabel", has_text=re.compile(r"^Run All Cells$")).click()
+    started = page.locator(".jp-InputPrompt", has_text=re.compile(r"\[(\*|\d+)\]"))
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if started.count():
+            return
+        page.wait_for_timeout(500)
+    page.locator(".jp-Cell .jp-InputArea-editor").first.click()
+    for _ in range(page.locator(".jp-NotebookPanel .jp-Cell").count()):
+        page.keyboard.press("Shift+Enter")
+        page.wait_for_timeout(500)
+
+
+def _run_explorer(root: Path, rel: str, workdir: Path) -> list[dict[str, str]]:
+    """Open ``rel``, run all, click method → hqq and then bits → 3; the read-out and figure at each stage."""
+    from playwright.sync_api import sync_playwright
+
+    lab = Lab(root, workdir)
+    page = None
+    try:
+        lab.wait_ready()
+        with sync_playwright() as pw:
+            context = pw.chromium.launch_persistent_context(
+                str(workdir / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
+                args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
+            try:
+                page = context.new_page()
+                page.set_default_timeout(180_000)
+                page.goto(f"{lab.url}/lab/tree/{rel}?token={lab.token}&reset")
+                page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for()
+                dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
+                page.wait_for_timeout(2000)
+                if dialog.count():
+                    dialog.locator("button", has_text=re.compile(r"^Select$")).click()
+                page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
+                _run_all(page)
+
+                def group(name: str):
+                    return page.locator(".widget-toggle-buttons",
+                                        has=page.locator("label", has_text=re.compile(rf"^{name}$"))).first
+
+                readout = page.locator(".widget-html", has_text="perplexity").first
+                figure = page.locator(".widget-output img").first
+                for loc in (group("method"), group("bits"), readout, figure):
+                    loc.wait_for()
+                stages = [{"readout": readout.inner_text(), "figure": figure.get_attribute("src") or ""}]
+                stages.append(_click_and_wait(page, group("method"), "hqq", readout, figure, stages[-1]))
+                stages.append(_click_and_wait(page, group("bits"), "3", readout, figure, stages[-1]))
+                return stages
+            except BaseException:
+                if page is not None:
+                    ARTIFACTS.mkdir(exist_ok=True)
+                    page.screenshot(path=str(ARTIFACTS / "lesson02-explorer.png"), full_page=True)
+                raise
+            finally:
+                context.close()
+    finally:
+        lab.stop()
+
+
+def test_lesson02_explorer_responds_to_method_and_bits(workdir):
+    root = workdir / "lab-root"
+    root.mkdir()
+    source = _explorer_notebook(root / "explorer.ipynb")
+    assert "quantization_explorer(sweep" in source and 'method="rtn"' in source and "bit=2" in source
+    stages = _run_explorer(root, "explorer.ipynb", workdir)
+    texts = [s["readout"] for s in stages]
+    assert all(PPL_READOUT.search(t) for t in texts), texts
+    assert "rtn" in texts[0] and "2 bits" in texts[0], texts[0]
+    assert "hqq" in texts[1] and "2 bits" in texts[1], texts[1]      # method changed, bits kept
+    assert "hqq" in texts[2] and "3 bits" in texts[2], texts[2]      # then the bits
+    figures = [s["figure"] for s in stages]
+    assert figures[0].startswith(("data:image/", "blob:"))
+    assert figures[0] != figures[1] != figures[2], "the figure did not change with the setting"
