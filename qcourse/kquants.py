@@ -77,7 +77,8 @@ def _as_matrix(w: Any, block: int, name: str = "w") -> np.ndarray:
     if isinstance(w, torch.Tensor):
         w = w.detach().cpu().float().numpy()
     if not isinstance(w, np.ndarray) or w.ndim != 2 or not np.issubdtype(w.dtype, np.floating):
-        raise TypeError(f"{name} must be a 2-D float array or tensor [rows, cols]; got {getattr(w, 'shape', w)!r}")
+        got = getattr(w, "shape", w)
+        raise TypeError(f"{name} must be a 2-D float array or tensor [rows, cols]; got {got!r}")
     if w.shape[0] == 0 or w.shape[1] == 0 or w.shape[1] % block:
         raise ValueError(f"{name} needs a positive multiple of {block} columns (whole blocks); got {w.shape}")
     if not np.isfinite(w).all():
@@ -142,7 +143,7 @@ class Q4_0Grid:
 
     def fit(self, w: torch.Tensor) -> Q4_0Grid:
         if w.ndim != 2 or w.shape[1] != 32:
-            raise ValueError(f"Q4_0Grid fits one 32-column group at a time (group_size=32); got {tuple(w.shape)}")
+            raise ValueError(f"Q4_0Grid fits one 32-column group (group_size=32); got {tuple(w.shape)}")
         a = w.detach().cpu().float().numpy()
         mx = a[np.arange(len(a)), np.abs(a).argmax(1)]
         d = (mx / np.float32(-8)).astype(np.float16)
@@ -188,7 +189,8 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int = 3, rmin: fl
     best = (w * np.abs(scale[:, None] * L + mn[:, None] - x)).sum(1, dtype=np.float32)
     best_min = mn.copy()
     for i in range(nstep + 1):
-        isc = ((np.float32(rmin) + np.float32(rdelta) * np.float32(i) + np.float32(nmax)) / rng).astype(np.float32)
+        trial = np.float32(rmin) + np.float32(rdelta) * np.float32(i) + np.float32(nmax)
+        isc = (trial / rng).astype(np.float32)
         La = np.clip(_nearest_int(isc[:, None] * (x - mn[:, None])), 0, nmax).astype(np.float32)
         sum_l = (w * La).sum(1, dtype=np.float32)
         sum_l2 = (w * La * La).sum(1, dtype=np.float32)
@@ -242,7 +244,11 @@ def _q2_k_grid(scales_u8: np.ndarray, d: np.ndarray, dmin: np.ndarray) -> tuple[
 
 
 def pack_q2_k(L: np.ndarray, scales_u8: np.ndarray, d: np.ndarray, dmin: np.ndarray) -> bytes:
-    """Q2_K bytes of super-blocks: codes ``L`` ``[n, 256]`` (0–3), ``scales_u8`` ``[n, 16]``, fp16 ``d``/``dmin`` ``[n]``."""
+    """Q2_K bytes of ``n`` super-blocks.
+
+    ``L``: codes ``[n, 256]`` (0–3); ``scales_u8``: ``[n, 16]`` (scale | min << 4);
+    ``d``, ``dmin``: fp16 ``[n]``.
+    """
     L = np.asarray(L)
     if L.ndim != 2 or L.shape[1] != 256 or L.min() < 0 or L.max() > 3:
         raise ValueError("L must be [n, 256] codes in 0..3")
@@ -285,7 +291,7 @@ def _decode_q2_k(raw: np.ndarray) -> np.ndarray:
 
 
 class Q2_KGrid:
-    """Q2_K's grid as a :class:`~qcourse.ldlq.BlockQuantizer`: use with ``group_size=256, static_groups=True``.
+    """Q2_K's grid as a :class:`~qcourse.ldlq.BlockQuantizer`; use ``group_size=256, static_groups=True``.
 
     ``fit(w)`` (one super-block of columns ``[rows, 256]``, the original weights) sets every row's
     quantized sub-block scales and mins exactly as llama.cpp's reference does. The fitted grid then rounds
@@ -302,7 +308,7 @@ class Q2_KGrid:
 
     def fit(self, w: torch.Tensor) -> Q2_KGrid:
         if w.ndim != 2 or w.shape[1] != 256:
-            raise ValueError(f"Q2_KGrid fits one 256-column super-block (group_size=256); got {tuple(w.shape)}")
+            raise ValueError(f"Q2_KGrid fits one 256-column super-block; got {tuple(w.shape)}")
         scales_u8, d, dmin, _ = _q2_k_params(w.detach().cpu().float().numpy())
         out = Q2_KGrid()
         out.params = (scales_u8, d, dmin)
@@ -339,14 +345,15 @@ def encode(w: np.ndarray | torch.Tensor, qtype: str) -> tuple[bytes, np.ndarray]
 
 
 def decode(data: bytes | np.ndarray, qtype: str, shape: tuple[int, int]) -> np.ndarray:
-    """Our decoder: the float32 ``[rows, cols]`` weights of ``data`` (the tests compare it with ``gguf``'s)."""
+    """Our decoder: the float32 ``[rows, cols]`` weights of ``data`` (the tests compare it with gguf's)."""
     block, nbytes = _check_qtype(qtype)
     rows, cols = shape
     if cols % block:
         raise ValueError(f"shape[1] must be a multiple of {block}; got {shape}")
     raw = np.frombuffer(bytes(data), dtype=np.uint8)
     if raw.size != rows * cols // block * nbytes:
-        raise ValueError(f"data holds {raw.size} bytes; shape {shape} in {qtype} needs {rows * cols // block * nbytes}")
+        need = rows * cols // block * nbytes
+        raise ValueError(f"data holds {raw.size} bytes; shape {shape} in {qtype} needs {need}")
     raw = raw.reshape(-1, nbytes)
     out = _decode_q4_0(raw) if qtype == "Q4_0" else _decode_q2_k(raw)
     return out.reshape(rows, cols)
