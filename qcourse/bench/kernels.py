@@ -1,0 +1,189 @@
+"""``python -m qcourse.bench kernels``: packed GEMV/GEMM kernels against torch fp32 ``F.linear``, and this
+machine's limits measured in the same run.
+
+For every format (``int4``, ``int2`` with fp16 scale and integer zero per 64 inputs; ``ternary`` and
+``ternary-lut``, trits in the 2-bit packing; ``binary``, ±1 weights and activations in 64-bit words), thread
+count and batch size the benchmark times the numba kernel of :mod:`qcourse.kernels.cpu` and torch's
+``F.linear`` on a float32 weight of the same shape, side by side, medians of ``--repeats`` runs.
+
+* ``copy_gb_s``: bytes read plus bytes written per second by a 256 MiB array copy (``Tensor.copy_``), the
+  roofline's memory limit; ``matmul_gflops``: a float32 ``torch.mm`` of 2048² matrices (``2n³`` flops);
+  both at one thread, and per thread count under ``limits``.
+* per row: ``seconds`` (kernel, including the activation packing the kernel needs), ``torch_seconds``,
+  ``speedup = torch_seconds / seconds``, ``gb_s`` = packed weight bytes (codes + scales + zeros) per
+  second, ``bandwidth_fraction = gb_s / copy_gb_s`` at that thread count.
+
+A weight smaller than 64 MiB would sit in the last-level cache after the first call and be timed faster than
+memory allows, so each format cycles through enough distinct copies of its packed weight to read at least
+64 MiB between two uses of one copy. Formats without a CPU kernel yet (``aqlm-2x8``, ``e8p``) are listed
+under ``missing``; end-to-end decoding (``decode``) is not measured by this version (empty list).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from qcourse import packing, xnor
+from qcourse.bench import ArgumentParser, non_negative_int, positive_int
+from qcourse.machine import machine_info
+
+FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary")
+MISSING = ("aqlm-2x8", "e8p")
+GROUP = 64
+
+
+def _median(fn: Callable[[], Any], repeats: int) -> float:
+    fn()  # warm-up (and numba compilation)
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        vals = [int(v) for v in text.split(",")]
+    except ValueError:
+        vals = []
+    if not vals or any(v < 1 for v in vals):
+        import argparse
+
+        raise argparse.ArgumentTypeError(
+            f"must be a positive integer or a comma-separated list of them; got {text!r}")
+    return vals
+
+
+def _format_list(text: str) -> list[str]:
+    names = text.split(",")
+    bad = [n for n in names if n not in FORMATS]
+    if bad:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"formats must be among {','.join(FORMATS)}; got {','.join(bad)}")
+    return names
+
+
+def copy_gb_s(nbytes: int, repeats: int) -> float:
+    """Read + write bandwidth of a ``nbytes`` tensor copy, in GB/s (10⁹ bytes)."""
+    src = torch.ones(nbytes, dtype=torch.uint8)
+    dst = torch.empty_like(src)
+    return 2 * nbytes / _median(lambda: dst.copy_(src), repeats) / 1e9
+
+
+def matmul_gflops(n: int, repeats: int) -> float:
+    """Float32 ``torch.mm`` of two ``n × n`` matrices: ``2n³`` flops per second, in GFLOP/s."""
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
+    return 2 * n**3 / _median(lambda: torch.mm(a, b), repeats) / 1e9
+
+
+def _kernel(fmt: str, n: int, k: int, copies: int, rng: np.random.Generator
+            ) -> tuple[Callable[[torch.Tensor], Any], int]:
+    """A callable ``x -> y`` cycling over ``copies`` packed weights, and the bytes of one weight."""
+    from qcourse.kernels import cpu
+
+    state = {"i": 0}
+
+    def nxt(items: list) -> Any:
+        state["i"] = (state["i"] + 1) % len(items)
+        return items[state["i"]]
+
+    if fmt == "binary":
+        words = [rng.integers(0, 2**63, (n, -(-k // 64)), dtype=np.uint64) for _ in range(copies)]
+
+        def run(x: torch.Tensor) -> Any:
+            return cpu.gemm_binary(nxt(words), xnor.pack_signs(xnor.binarize(x).numpy()), k)
+
+        return run, words[0].nbytes
+    bits = 4 if fmt == "int4" else 2
+    nbytes = n * k * bits // 8
+    levels = 2**bits if fmt.startswith("int") else 3  # trits are codes 0, 1, 2
+    first = packing.pack(torch.from_numpy(rng.integers(0, levels, n * k, dtype=np.uint8)), bits)
+    packed = [first] + [first.clone() for _ in range(copies - 1)]
+    if fmt.startswith("int"):
+        ng = n * k // GROUP
+        scale = torch.from_numpy(rng.random(ng, dtype=np.float32)).half().float()
+        zero = torch.from_numpy(rng.integers(0, 2**bits, ng).astype(np.float32))
+
+        def run(x: torch.Tensor) -> Any:
+            return cpu.gemm_affine(x, nxt(packed), bits, (n, k), GROUP, scale, zero)
+
+        return run, nbytes + ng * (2 + bits / 8)
+    fn = cpu.gemm_ternary if fmt == "ternary" else cpu.gemm_ternary_lut
+
+    def run(x: torch.Tensor) -> Any:
+        return fn(x, nxt(packed), (n, k), 0.5)
+
+    return run, nbytes + 4
+
+
+def main(argv: Sequence[str] = ()) -> dict[str, Any]:
+    p = ArgumentParser(prog="python -m qcourse.bench kernels", description=__doc__.splitlines()[0])
+    p.add_argument("--size", type=positive_int, default=8192, help="out = in features (8192)")
+    p.add_argument("--threads", type=_int_list, default=[1, 2], help="thread counts (1,2)")
+    p.add_argument("--batches", type=_int_list, default=[1, 4, 16], help="batch sizes (1,4,16)")
+    p.add_argument("--formats", type=_format_list, default=list(FORMATS), help=",".join(FORMATS))
+    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per figure (5)")
+    p.add_argument("--min-bytes", type=non_negative_int, default=64 * 2**20,
+                   help="bytes read between two uses of one weight copy (64 MiB, beats the cache)")
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    args = p.parse_args(list(argv))
+    if args.size % 64:
+        p.fail(f"--size must be a multiple of 64 (the int4/int2 group); got {args.size}")
+    from qcourse.kernels import cpu
+
+    if not cpu.AVAILABLE:
+        p.fail("numba is not installed: the CPU kernels need the 'kernels' extra")
+    import numba
+
+    if max(args.threads) > numba.config.NUMBA_NUM_THREADS:
+        p.fail(f"--threads at most {numba.config.NUMBA_NUM_THREADS} (NUMBA_NUM_THREADS) here")
+    n = k = args.size
+    rng = np.random.default_rng(args.seed)
+    prev_torch, prev_numba = torch.get_num_threads(), numba.get_num_threads()
+    limits: dict[str, dict[str, float]] = {}
+    rows: list[dict[str, Any]] = []
+    try:
+        for t in args.threads:
+            torch.set_num_threads(t)
+            limits[str(t)] = {"copy_gb_s": copy_gb_s(256 * 2**20, args.repeats),
+                              "matmul_gflops": matmul_gflops(2048, args.repeats)}
+        w = torch.randn(n, k, generator=torch.Generator().manual_seed(args.seed))
+        xs = {b: torch.randn(b, k, generator=torch.Generator().manual_seed(args.seed + b))
+              for b in args.batches}
+        torch_s = {}
+        for t in args.threads:
+            torch.set_num_threads(t)
+            for b in args.batches:
+                torch_s[t, b] = _median(lambda b=b, w=w: F.linear(xs[b], w), args.repeats)
+        del w  # 256 MiB at 8192²: free it before the packed weights are built
+        for fmt in args.formats:
+            bytes_one = n * k * {"int4": 4, "int2": 2, "binary": 1}.get(fmt, 2) // 8
+            copies = max(1, -(-args.min_bytes // bytes_one))
+            run, nbytes = _kernel(fmt, n, k, copies, rng)
+            for t in args.threads:
+                cpu.set_threads(t)
+                torch.set_num_threads(t)
+                for b in args.batches:
+                    sec = _median(lambda b=b, run=run: run(xs[b]), args.repeats)
+                    gb_s = nbytes / sec / 1e9
+                    rows.append({"format": fmt, "shape": [n, k], "threads": t, "batch": b, "seconds": sec,
+                                 "torch_seconds": torch_s[t, b], "speedup": torch_s[t, b] / sec,
+                                 "gb_s": gb_s, "bandwidth_fraction": gb_s / limits[str(t)]["copy_gb_s"],
+                                 "weight_bytes": int(nbytes), "copies": copies})
+    finally:
+        torch.set_num_threads(prev_torch)
+        numba.set_num_threads(prev_numba)
+    first = limits[str(args.threads[0])]
+    return {"benchmark": "kernels", "machine": machine_info(args.threads[0]),
+            "copy_gb_s": first["copy_gb_s"], "matmul_gflops": first["matmul_gflops"], "limits": limits,
+            "group_size": GROUP, "rows": rows, "missing": list(MISSING), "decode": []}

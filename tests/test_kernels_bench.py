@@ -1,0 +1,38 @@
+"""``python -m qcourse.bench kernels``: arguments and the shape of its JSON (tiny sizes, speed untested)."""
+
+from __future__ import annotations
+
+import pytest
+
+from qcourse.bench import UsageError
+
+pytest.importorskip("numba")
+
+from qcourse.bench import kernels  # noqa: E402
+
+
+def test_bench_rows_cover_every_format_thread_and_batch():
+    out = kernels.main(["--size", "64", "--threads", "1", "--batches", "1,3", "--repeats", "1",
+                        "--min-bytes", "2048"])
+    assert out["copy_gb_s"] > 0 and out["matmul_gflops"] > 0
+    got = {(r["format"], r["threads"], r["batch"]) for r in out["rows"]}
+    assert got == {(f, 1, b) for f in kernels.FORMATS for b in (1, 3)}
+    for r in out["rows"]:
+        assert r["shape"] == [64, 64]
+        assert r["speedup"] == pytest.approx(r["torch_seconds"] / r["seconds"])
+        assert r["gb_s"] == pytest.approx(r["weight_bytes"] / r["seconds"] / 1e9)
+        assert r["bandwidth_fraction"] == pytest.approx(r["gb_s"] / out["copy_gb_s"])
+        # 64x64 int4 = 2048 bytes: one copy reaches --min-bytes; binary (512 bytes) needs four
+        assert r["copies"] == {"int4": 1, "int2": 2, "binary": 4}.get(r["format"], 2)
+    assert out["missing"] == ["aqlm-2x8", "e8p"]
+
+
+@pytest.mark.parametrize("argv,msg", [
+    (["--size", "100"], "multiple of 64"),
+    (["--formats", "int3"], "formats must be among"),
+    (["--batches", "0"], "must be a positive integer"),
+    (["--threads", "999"], "--threads at most"),
+])
+def test_bench_bad_arguments(argv, msg):
+    with pytest.raises(UsageError, match=msg):
+        kernels.main(argv)
