@@ -1,0 +1,79 @@
+"""Packed low-bit kernels (lesson 08): ``y = x Ŵᵀ`` computed from the stored codes, without decoding ``Ŵ``.
+
+* :mod:`qcourse.kernels.reference` — torch oracles for every format (always available);
+* :mod:`qcourse.kernels.cpu` — numba kernels (the optional ``kernels`` extra).
+
+:func:`matmul` picks the kernel for a quantized weight: ``backend="auto"`` uses the numba kernel when numba
+is installed and the format has one, and otherwise decodes the weight and calls ``F.linear``;
+``"cpu"`` insists on the numba kernel, ``"reference"`` runs the oracle, ``"decode"`` always decodes.
+
+>>> import torch
+>>> from qcourse.methods.bitnet import TernaryWeight
+>>> trits = torch.tensor([[1, 0, -1, 1], [0, 0, 1, -1]], dtype=torch.int8)
+>>> qw = TernaryWeight(trits, torch.tensor(0.5), "2bit")
+>>> x = torch.tensor([[1.0, 2.0, 3.0, 4.0]])
+>>> matmul(x, qw).tolist(), matmul(x, qw, backend="decode").tolist()
+([[1.0, -0.5]], [[1.0, -0.5]])
+>>> kernel_name(qw) if cpu.AVAILABLE else "ternary"
+'ternary'
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from qcourse.kernels import cpu, reference
+from qcourse.methods.base import QuantizedWeight
+
+__all__ = ["BACKENDS", "kernel_name", "matmul", "cpu", "reference"]
+
+BACKENDS = ("auto", "cpu", "reference", "decode")
+
+
+def kernel_name(qweight: QuantizedWeight) -> str | None:
+    """The numba kernel :func:`matmul` would use for ``qweight`` (``"int4"``, ``"int2"``, ``"int1"``,
+    ``"int8"``, ``"ternary"``), or ``None`` when there is none (other formats, groups along the output axis,
+    base-3 trits) or numba is missing."""
+    from qcourse.affine import AffineQuantizedWeight
+    from qcourse.methods.bitnet import TernaryWeight
+
+    if not cpu.AVAILABLE:
+        return None
+    if isinstance(qweight, AffineQuantizedWeight) and qweight.bits in (1, 2, 4, 8) \
+            and (qweight.axis == 1 or qweight.group_size == "tensor"):
+        return f"int{qweight.bits}"
+    if isinstance(qweight, TernaryWeight) and qweight.packing_kind == "2bit":
+        return "ternary"
+    return None
+
+
+def matmul(x: torch.Tensor, qweight: QuantizedWeight, backend: str = "auto") -> torch.Tensor:
+    """``x Ŵᵀ`` for ``x`` of shape ``[..., in_features]``; returns ``[..., out_features]`` in ``x.dtype``.
+
+    No autograd through the kernels: use ``backend="decode"`` when ``x`` needs a gradient.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {list(BACKENDS)}; got {backend!r}")
+    if not isinstance(qweight, QuantizedWeight):
+        raise TypeError(f"qweight must be a QuantizedWeight; got {type(qweight).__name__}")
+    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
+        raise TypeError("x must be a floating-point torch.Tensor")
+    n, k = qweight.shape
+    if x.shape[-1] != k:
+        raise ValueError(f"x's last dimension must be in_features={k}; got {x.shape[-1]}")
+    name = kernel_name(qweight) if backend in ("auto", "cpu") else None
+    if backend == "cpu" and name is None:
+        why = "numba is not installed" if not cpu.AVAILABLE else f"{type(qweight).__name__} has no CPU kernel"
+        raise ValueError(f"backend='cpu' unavailable for this weight: {why}; use 'auto' or 'decode'")
+    if backend == "decode" or (backend == "auto" and name is None):
+        return F.linear(x, qweight.dequantize(torch.float32).to(device=x.device, dtype=x.dtype))
+    flat = x.reshape(-1, k).detach().to(device="cpu", dtype=torch.float32)
+    if backend == "reference":
+        y = reference.matmul(flat, qweight)
+    elif name == "ternary":
+        y = cpu.gemm_ternary(flat, qweight.packed, qweight.shape, qweight.gamma)
+    else:
+        p = reference.affine_params(qweight)
+        y = cpu.gemm_affine(flat, p["packed"], p["bits"], p["shape"], p["group"], p["scale"], p["zero"])
+    return y.reshape(*x.shape[:-1], n).to(device=x.device, dtype=x.dtype)

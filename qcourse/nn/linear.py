@@ -54,6 +54,12 @@ class QuantLinear(nn.Module):
         so a cached model uses at least as much memory as the float model (fine for measuring quality, which
         is what the course does). ``False`` decodes on every call: memory stays at the packed size, each
         forward pays one dequantization. Packed inference kernels (lesson 08) avoid both costs.
+    kernel
+        How the product is computed at inference (see :func:`qcourse.kernels.matmul`): ``"decode"``
+        (default) decodes ``Ŵ`` as above; ``"auto"`` uses the packed numba kernel when the format has one
+        and numba is installed, and decodes otherwise; ``"cpu"`` requires the packed kernel; ``"reference"``
+        runs the slow packed oracle. Kernels are used only when no gradient to the input is needed
+        (``torch.no_grad()`` or an input without ``requires_grad``); training always decodes.
 
     Notes
     -----
@@ -91,7 +97,8 @@ class QuantLinear(nn.Module):
     """
 
     def __init__(
-        self, qweight: QuantizedWeight, bias: torch.Tensor | None = None, cache: bool = True
+        self, qweight: QuantizedWeight, bias: torch.Tensor | None = None, cache: bool = True,
+        kernel: str = "decode",
     ) -> None:
         super().__init__()
         if not isinstance(qweight, QuantizedWeight):
@@ -103,6 +110,11 @@ class QuantLinear(nn.Module):
             raise ValueError(f"qweight.shape must be (out_features, in_features); got {shape}")
         if not isinstance(cache, bool):
             raise TypeError(f"cache must be True or False; got {cache!r}")
+        from qcourse.kernels import BACKENDS
+
+        if kernel not in BACKENDS:
+            raise ValueError(f"kernel must be one of {list(BACKENDS)}; got {kernel!r}")
+        self.kernel = kernel
         self.qweight = qweight
         self.out_features, self.in_features = int(shape[0]), int(shape[1])
         self.cache = cache
@@ -125,6 +137,7 @@ class QuantLinear(nn.Module):
         hessian: torch.Tensor | None = None,
         seed: int = 0,
         cache: bool = True,
+        kernel: str = "decode",
         **options: Any,
     ) -> QuantLinear:
         """Quantize ``linear.weight`` with ``method`` and wrap it (the bias is kept in float).
@@ -138,7 +151,7 @@ class QuantLinear(nn.Module):
         # float32 copy without autograd history: methods work on plain float tensors
         w = linear.weight.detach().to(torch.float32)
         qweight = m.quantize(w, bits=bits, group_size=group_size, hessian=hessian, seed=seed, **options)
-        return cls(qweight, bias=linear.bias, cache=cache)
+        return cls(qweight, bias=linear.bias, cache=cache, kernel=kernel)
 
     @property
     def bits_per_weight(self) -> float:
@@ -179,8 +192,14 @@ class QuantLinear(nn.Module):
             raise ValueError(
                 f"input's last dimension must be in_features={self.in_features}; got {x.shape[-1]}"
             )
-        w = self._decoded(x.dtype, x.device)
         bias = None if self.bias is None else self.bias.to(x.dtype)
+        if self.kernel != "decode" and not (torch.is_grad_enabled() and x.requires_grad):
+            from qcourse import kernels
+
+            if self.kernel != "auto" or kernels.kernel_name(self.qweight) is not None:
+                y = kernels.matmul(x, self.qweight, backend=self.kernel)
+                return y if bias is None else y + bias
+        w = self._decoded(x.dtype, x.device)
         return F.linear(x, w, bias)
 
     # ---- state dict: the quantized weight travels as its tensors plus JSON metadata ---------------------

@@ -1,0 +1,68 @@
+"""``qcourse.kernels.matmul`` dispatch and ``QuantLinear(kernel=...)``: same outputs as decoding."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from qcourse import kernels
+from qcourse.methods.bitnet import TernaryWeight
+from qcourse.nn.linear import QuantLinear
+from tests.test_kernels import _affine
+
+
+def _weights():
+    g = torch.Generator().manual_seed(0)
+    yield _affine(4, 6, 20, 10)
+    yield _affine(2, 5, 12, None)
+    yield _affine(4, 3, 9, 3)                            # rows off byte boundaries
+    for shape, kind in (((7, 13), "2bit"), ((4, 10), "base3")):
+        trits = torch.randint(-1, 2, shape, generator=g, dtype=torch.int8)
+        yield TernaryWeight(trits, torch.tensor(0.3), kind)
+
+
+@pytest.mark.parametrize("qw", list(_weights()), ids=lambda q: f"{type(q).__name__}{q.shape}")
+@pytest.mark.parametrize("backend", ["auto", "reference", "decode"])
+@pytest.mark.parametrize("lead", [(1,), (4,), (2, 3), ()])
+def test_matmul_equals_decoded(qw, backend, lead):
+    x = torch.randn(*lead, qw.shape[1], generator=torch.Generator().manual_seed(1))
+    want = x @ qw.dequantize().T
+    got = kernels.matmul(x, qw, backend=backend)
+    assert got.shape == want.shape and got.dtype == x.dtype
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+
+
+def test_matmul_cpu_backend_and_errors():
+    pytest.importorskip("numba")
+    qw = _affine(4, 6, 20, 10)
+    x = torch.randn(2, 20, generator=torch.Generator().manual_seed(2))
+    torch.testing.assert_close(kernels.matmul(x, qw, backend="cpu"), x @ qw.dequantize().T, rtol=1e-5,
+                               atol=1e-4)
+    assert kernels.kernel_name(qw) == "int4"
+    base3 = TernaryWeight(torch.zeros(2, 5, dtype=torch.int8), torch.tensor(1.0), "base3")
+    assert kernels.kernel_name(base3) is None
+    with pytest.raises(ValueError, match="no CPU kernel"):
+        kernels.matmul(torch.randn(5), base3, backend="cpu")
+    with pytest.raises(ValueError, match="backend must be"):
+        kernels.matmul(x, qw, backend="gpu")
+    with pytest.raises(ValueError, match="in_features=20"):
+        kernels.matmul(torch.randn(3), qw)
+
+
+@pytest.mark.parametrize("kernel", ["auto", "reference"])
+def test_quantlinear_kernel_flag(kernel):
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 24)
+    q = QuantLinear.from_linear(lin, "rtn", bits=4, group_size=32, kernel=kernel)
+    dec = QuantLinear(q.qweight, bias=lin.bias, kernel="decode")
+    x = torch.randn(3, 5, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), dec(x), rtol=1e-5, atol=1e-4)
+    assert q._cached is None  # the packed path never materialises the float weight
+    # an input that needs a gradient takes the decoding path, and the gradient flows
+    xg = torch.randn(2, 64, requires_grad=True)
+    q(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.shape == (2, 64)
+    with pytest.raises(ValueError, match="kernel must be"):
+        QuantLinear(q.qweight, kernel="fast")
