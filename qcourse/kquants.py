@@ -167,13 +167,14 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int = 3, rmin: fl
     """llama.cpp's weighted affine fit of each row of ``x`` (``[n, k]``): ``x ≈ scale·L − min``.
 
     Starts from the min–max grid (``min`` capped at 0), then tries ``nstep + 1`` trial inverse scales
-    ``(rmin + rdelta·i + nmax)/(max − min)``; for each it rounds, solves the weighted least-squares
-    ``(scale, min)`` for those codes (``min ≤ 0`` enforced) and keeps the fit with the smallest weighted
-    absolute error. Returns ``(scale [n], the_min [n] = −min ≥ 0, L [n, k])``, all in float32 arithmetic.
+    ``(rmin + rdelta·i + nmax)/(max − min)``, ``min`` the best offset found so far; for each it rounds,
+    solves the weighted least-squares ``(scale, min)`` for those codes (``min ≤ 0`` enforced) and keeps the
+    fit with the smallest weighted absolute error. Returns ``(scale [n], the_min [n] = −min ≥ 0,
+    L [n, k])``, all in float32 arithmetic.
 
     >>> s, m, L = make_qkx2_quants(np.array([[0.0, 1.0, 2.0, 3.0]], np.float32), np.ones((1, 4), np.float32))
-    >>> s.tolist(), m.tolist(), L.tolist()
-    ([1.0], [0.0], [[0, 1, 2, 3]])
+    >>> s.tolist(), m.tolist() == [0.0], L.tolist()      # exact on the grid 0, 1, 2, 3: no offset
+    ([1.0], True, [[0, 1, 2, 3]])
     """
     x = x.astype(np.float32)
     w = weights.astype(np.float32)
@@ -189,9 +190,11 @@ def make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int = 3, rmin: fl
     best = (w * np.abs(scale[:, None] * L + mn[:, None] - x)).sum(1, dtype=np.float32)
     best_min = mn.copy()
     for i in range(nstep + 1):
+        # as in the reference, later trials measure the range and the codes from the best min found so far
+        rng = np.where(flat, np.float32(1), mx - best_min).astype(np.float32)
         trial = np.float32(rmin) + np.float32(rdelta) * np.float32(i) + np.float32(nmax)
         isc = (trial / rng).astype(np.float32)
-        La = np.clip(_nearest_int(isc[:, None] * (x - mn[:, None])), 0, nmax).astype(np.float32)
+        La = np.clip(_nearest_int(isc[:, None] * (x - best_min[:, None])), 0, nmax).astype(np.float32)
         sum_l = (w * La).sum(1, dtype=np.float32)
         sum_l2 = (w * La * La).sum(1, dtype=np.float32)
         sum_xl = (w * La * x).sum(1, dtype=np.float32)

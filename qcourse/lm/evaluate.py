@@ -26,7 +26,7 @@ from torch import nn
 
 from qcourse.lm import corpus
 
-__all__ = ["perplexity", "nll", "generate"]
+__all__ = ["perplexity", "nll", "bits_per_byte", "text_bytes", "generate"]
 
 
 def _check_model(model: Any) -> None:
@@ -125,6 +125,50 @@ def _mean_nll(model: nn.Module, split: str | torch.Tensor, tokens: int, context:
     finally:
         model.train(was_training)
     return float(total) / tokens
+
+
+def text_bytes(tokenizer: Any, tokens: torch.Tensor) -> int:
+    """UTF-8 bytes of the text that ``tokens`` spell (a byte-level tokenizer: one byte per token).
+
+    >>> from qcourse.lm.tokenizer import ByteTokenizer
+    >>> text_bytes(ByteTokenizer(), torch.tensor([104, 105, 226]))    # 226 starts a 3-byte character
+    3
+    """
+    from qcourse.lm.tokenizer import ByteTokenizer
+
+    if isinstance(tokenizer, ByteTokenizer):
+        return int(tokens.numel())
+    # a BPE tokenizer's tokens are byte strings too; decoding the whole run at once keeps characters
+    # split across tokens whole (only a character cut at either end of the run can be miscounted)
+    return len(tokenizer.decode(tokens).encode("utf-8"))
+
+
+def bits_per_byte(
+    model: nn.Module,
+    split: str | torch.Tensor = "validation",
+    tokens: int = 65536,
+    context: int | None = None,
+    batch_size: int = 16,
+    progress: bool = False,
+) -> float:
+    """Total negative log-likelihood of the scored tokens, in bits, over the UTF-8 bytes of their text.
+
+    Takes :func:`perplexity`'s arguments. Per-token perplexities of models with different tokenizers do not
+    compare (a BPE token covers several bytes); bits per byte does: it is what an arithmetic coder driven
+    by the model would spend per byte of the text. For the byte-level embedded model it equals
+    ``log2(perplexity)``.
+
+    >>> from qcourse.lm import toy_model
+    >>> m = toy_model(max_seq_len=32)
+    >>> abs(bits_per_byte(m, tokens=64, context=32) - math.log2(perplexity(m, tokens=64, context=32))) < 1e-9
+    True
+    """
+    total = _mean_nll(model, split, tokens, context, batch_size, progress) * tokens
+    if isinstance(split, torch.Tensor):
+        targets = split[1: tokens + 1]
+    else:
+        targets = corpus.token_stream(model.tokenizer, split, tokens + 1)[1:]
+    return total / (math.log(2) * text_bytes(model.tokenizer, targets))
 
 
 def perplexity(

@@ -31,6 +31,7 @@ activations are not part of the llama architecture, so :func:`load_bitnet_gguf` 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +43,7 @@ from qcourse.lm.model import Llama, LlamaConfig
 
 __all__ = [
     "QK_K", "TERNARY_TYPES", "encode_tq1_0", "encode_tq2_0", "decode_ternary", "add_llama_metadata",
-    "write_gguf", "load_bitnet_gguf",
+    "write_gguf", "load_bitnet_gguf", "kquant_tensors", "apply_kquant",
 ]
 
 #: weights per block of llama.cpp's k-quant and ternary types
@@ -159,11 +160,29 @@ def add_llama_metadata(writer: Any, cfg: LlamaConfig) -> None:
     writer.add_vocab_size(cfg.vocab_size)
 
 
-def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0") -> dict[str, Any]:
-    """Write ``model`` as a llama GGUF; BitLinear layers in ``ternary_type``, everything else as F32.
+def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0",
+               linear_type: str | None = None, tensors: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Write ``model`` as a llama GGUF; BitLinear layers in ``ternary_type``, everything else as F32 unless
+    ``tensors`` or ``linear_type`` says otherwise.
+
+    Parameters
+    ----------
+    model
+        A qcourse :class:`~qcourse.lm.model.Llama`.
+    path
+        Output file.
+    ternary_type
+        ``"TQ2_0"`` or ``"TQ1_0"``, for :class:`~qcourse.nn.bitlinear.BitLinear` layers.
+    linear_type
+        ``"Q4_0"`` or ``"Q2_K"``: every other block linear (``nn.Linear`` or ``QuantLinear``, by its
+        ``weight``) is encoded round-to-nearest with :func:`qcourse.kquants.encode`, as llama.cpp's
+        reference does; ``None`` keeps them F32. Embeddings, norms and the head stay F32.
+    tensors
+        Pre-encoded block weights, ``{qcourse name: KQuantTensor}`` (for example GPTQ-rounded ones from
+        :func:`kquant_tensors`); they take precedence over ``linear_type``.
 
     Returns a summary: file bytes, bits per weight of the ternary tensors as stored (their bytes·8 / their
-    weights) and the tensor types.
+    weights), the same for the k-quant tensors, and the tensor types.
     """
     import gguf
 
@@ -174,6 +193,19 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
         raise TypeError(f"model must be a qcourse Llama; got {type(model).__name__}")
     if ternary_type not in TERNARY_TYPES:
         raise ValueError(f"ternary_type must be one of {sorted(TERNARY_TYPES)}; got {ternary_type!r}")
+    from qcourse import kquants
+
+    if linear_type is not None and linear_type not in kquants.KQUANT_TYPES:
+        allowed = sorted(kquants.KQUANT_TYPES)
+        raise ValueError(f"linear_type must be None or one of {allowed}; got {linear_type!r}")
+    tensors = dict(tensors or {})
+    known = {name for name, _ in _weights(model)}
+    for name, kt in tensors.items():
+        if name not in known or not name.startswith("layers."):
+            raise ValueError(f"tensors: {name!r} is not a block linear of this model")
+        if not isinstance(kt, kquants.KQuantTensor):
+            raise TypeError(f"tensors[{name!r}] must be a qcourse.kquants.KQuantTensor; "
+                            f"got {type(kt).__name__}")
     encode = encode_tq2_0 if ternary_type == "TQ2_0" else encode_tq1_0
     qtype = gguf.GGMLQuantizationType[ternary_type]
     cfg = model.config
@@ -181,7 +213,7 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
     add_llama_metadata(w, cfg)
     bitnet = any(isinstance(m, BitLinear) for m in model.modules())
     w.add_bool("qcourse.bitnet", bitnet)
-    types, ternary_bytes, ternary_weights = {}, 0, 0
+    types, ternary_bytes, ternary_weights, k_bytes, k_weights = {}, 0, 0, 0, 0
     for name, obj in _weights(model):
         gname = _gguf_name(name)
         heads = cfg.n_heads if name.endswith("q_proj") else cfg.n_kv_heads if name.endswith("k_proj") else 0
@@ -194,6 +226,22 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
             types[name] = ternary_type
             ternary_bytes += len(data)
             ternary_weights += t.numel()
+            continue
+        block_linear = isinstance(obj, nn.Module) and name.startswith("layers.")
+        kt = tensors.get(name)
+        if kt is None and block_linear and linear_type is not None:
+            kt = kquants.encode_tensor(obj.weight.detach().float(), linear_type)
+        if kt is not None:
+            if tuple(kt.shape) != tuple(obj.weight.shape):
+                raise ValueError(f"tensors[{name!r}] has shape {kt.shape}; the layer's weight is "
+                                 f"{tuple(obj.weight.shape)}")
+            # blocks run along rows, so llama.cpp's q/k row permutation moves whole rows of bytes
+            rows = torch.from_numpy(np.frombuffer(kt.data, dtype=np.uint8).reshape(kt.shape[0], -1).copy())
+            arr = (permute_qk(rows, heads) if heads else rows).numpy()
+            w.add_tensor(gname, arr, raw_shape=arr.shape, raw_dtype=gguf.GGMLQuantizationType[kt.qtype])
+            types[name] = kt.qtype
+            k_bytes += len(kt.data)
+            k_weights += kt.shape[0] * kt.shape[1]
             continue
         tensor = obj.weight if isinstance(obj, nn.Module) else obj
         arr = tensor.detach().float()
@@ -209,8 +257,57 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
         "bytes": Path(path).stat().st_size,
         "ternary_type": ternary_type,
         "ternary_bits_per_weight": 8 * ternary_bytes / ternary_weights if ternary_weights else None,
+        "kquant_bits_per_weight": 8 * k_bytes / k_weights if k_weights else None,
         "types": types,
     }
+
+
+def kquant_tensors(model: Llama, qtype: str, hessians: Mapping[str, torch.Tensor] | None = None,
+                   percdamp: float = 0.01, progress: bool = False) -> dict[str, Any]:
+    """Every block linear of ``model`` encoded in ``qtype`` (``"Q4_0"`` or ``"Q2_K"``).
+
+    Without ``hessians``: round-to-nearest as llama.cpp's reference encoder. With ``hessians`` (``{layer
+    name: H}``, e.g. from :func:`qcourse.nn.collect_hessians`): GPTQ rounding on the type's own grid
+    (:func:`qcourse.kquants.encode_gptq`), so the file stays a standard llama.cpp file. Returns ``{qcourse
+    name: KQuantTensor}`` for :func:`write_gguf`'s ``tensors`` and :func:`apply_kquant`.
+    """
+    from qcourse import kquants
+
+    if not isinstance(model, Llama):
+        raise TypeError(f"model must be a qcourse Llama; got {type(model).__name__}")
+    kquants._check_qtype(qtype)
+    names = [n for n, obj in _weights(model) if isinstance(obj, nn.Module) and n.startswith("layers.")]
+    if hessians is not None:
+        missing = [n for n in names if n not in hessians]
+        if missing:
+            raise ValueError(f"hessians lacks {len(missing)} block linears, e.g. {missing[0]!r}")
+    iterator: Any = names
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(names, desc=f"encode {qtype}", unit="layer")
+    out = {}
+    for name in iterator:
+        wt = model.get_submodule(name).weight.detach().float()
+        if hessians is None:
+            out[name] = kquants.encode_tensor(wt, qtype)
+        else:
+            out[name] = kquants.encode_gptq(wt, hessians[name], qtype, percdamp=percdamp)[0]
+    return out
+
+
+def apply_kquant(model: Llama, tensors: Mapping[str, Any]) -> Llama:
+    """Set each named ``nn.Linear``'s weight to its tensor's dequantized weights, in place; returns ``model``.
+
+    The model then computes exactly what a GGUF holding ``tensors`` decodes to.
+    """
+    for name, kt in tensors.items():
+        mod = model.get_submodule(name)
+        if not isinstance(mod, nn.Linear):
+            raise TypeError(f"{name!r} must be an nn.Linear; got {type(mod).__name__}")
+        with torch.no_grad():
+            mod.weight.copy_(torch.from_numpy(kt.dequantized).to(mod.weight.dtype))
+    return model
 
 
 def load_bitnet_gguf(path: str | os.PathLike, act_bits: int | None = 8) -> Llama:
