@@ -16,6 +16,7 @@ Skipped when ``/usr/bin/chromium`` is absent, unless ``QCOURSE_REQUIRE_BROWSER=1
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -97,7 +98,7 @@ class Lab:
                 with urllib.request.urlopen(request, timeout=5) as resp:
                     if resp.status == 200:
                         return
-            except OSError:
+            except (OSError, http.client.HTTPException):   # not listening yet, or answering half-started
                 time.sleep(0.5)
         raise TimeoutError(f"JupyterLab did not answer /api/status within {timeout} s; see {self.log.name}")
 
