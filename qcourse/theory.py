@@ -1206,8 +1206,8 @@ def sample_rd_rows(
 
     >>> rows = sample_rd_rows(np.random.default_rng(0).standard_normal(5_000), rates=[2])
     >>> r = rows[0]
-    >>> r["lloyd_max"] >= r["bound"], round(r["bound"], 2), round(r["lloyd_max"], 2)
-    (True, 0.06, 0.12)
+    >>> r["lloyd_max"] >= r["bound"], round(r["bound"], 2), abs(r["lloyd_max"] - 0.1175) < 0.01
+    (True, 0.06, True)
     """
     a = _as_samples(samples)
     rng = np.random.default_rng(seed)
