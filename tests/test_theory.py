@@ -417,7 +417,8 @@ def test_bench_rd_arguments():
     from qcourse.bench.rd import parse_args
 
     assert parse_args([]).budgets == [3.0, 2.5]
-    for bad in (["--budgets", "1"], ["--models", "gpt2"], ["--samples", "1000"], ["--group-size", "48"]):
+    for bad in (["--budgets", "1"], ["--models", "gpt2"], ["--samples", "1000"], ["--group-size", "48"],
+                ["--method", "nope"], ["--method", "bitnet"]):
         with pytest.raises(UsageError):
             parse_args(bad)
 

@@ -82,6 +82,13 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     for b in args.budgets:
         if not args.choices[0] <= b <= args.choices[-1]:
             p.fail(f"--budgets must lie between the smallest and largest --choices {args.choices}; got {b}")
+    from qcourse import methods
+
+    if args.method not in methods.available():
+        p.fail(f"--method must be one of {methods.available()}; got {args.method!r}")
+    bad = [b for b in args.choices if b not in methods.get(args.method).supported_bits]
+    if bad:
+        p.fail(f"--choices {bad} not supported by --method {args.method}")
     if args.samples % 1024:
         p.fail("--samples must be a multiple of 1024 (the test matrix has 1024 columns)")
     if args.group_size is None or 1024 % args.group_size:
