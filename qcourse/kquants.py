@@ -46,7 +46,7 @@ import torch
 
 __all__ = [
     "KQUANT_TYPES", "KQuantTensor", "Q2_KGrid", "Q4_0Grid", "decode", "encode", "encode_gptq",
-    "make_qkx2_quants", "pack_q2_k", "pack_q4_0",
+    "encode_tensor", "make_qkx2_quants", "pack_q2_k", "pack_q4_0",
 ]
 
 #: weights per block and bytes per block of each supported type
@@ -344,6 +344,11 @@ def encode(w: np.ndarray | torch.Tensor, qtype: str) -> tuple[bytes, np.ndarray]
     """
     block, _ = _check_qtype(qtype)
     a = _as_matrix(w, block)
+    # both types store their scales in fp16: a scale past 65504 would silently become inf
+    limit = 8 * 65504.0 if qtype == "Q4_0" else 15 * 65504.0 / 2
+    if float(np.abs(a).max()) >= limit:
+        raise ValueError(f"w has |weights| up to {float(np.abs(a).max()):g}; {qtype}'s fp16 scales overflow "
+                         f"beyond about {limit:g}")
     return _encode_q4_0(a) if qtype == "Q4_0" else _encode_q2_k(a)
 
 
@@ -403,5 +408,3 @@ def encode_tensor(w: np.ndarray | torch.Tensor, qtype: str) -> KQuantTensor:
     data, deq = encode(w, qtype)
     return KQuantTensor(qtype, data, deq, tuple(deq.shape))
 
-
-__all__ += ["encode_tensor"]

@@ -152,6 +152,20 @@ def test_q4_0_property_matches_package(seed, scale):
     assert np.array_equal(_gguf_decode(data, "Q4_0", 2), deq)
 
 
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2**31 - 1), st.sampled_from([1e-3, 1.0, 1000.0]), st.booleans())
+def test_q2_k_property_decodes_exactly_and_stays_on_its_grid(seed, scale, positive):
+    w = (np.random.default_rng(seed).standard_normal((2, 256)) * scale).astype(np.float32)
+    if positive:
+        w = np.abs(w)
+    data, deq = K.encode(w, "Q2_K")
+    assert np.array_equal(_gguf_decode(data, "Q2_K", 2), deq)
+    # every weight is within its sub-block's range, up to the 4-bit rounding of scale and min
+    sub, dsub = w.reshape(-1, 16), deq.reshape(-1, 16)
+    spread = sub.max(1) - np.minimum(sub.min(1), 0)
+    assert (np.abs(dsub - sub).max(1) <= 0.75 * spread + 1e-6 * scale).all()
+
+
 def test_q2_k_bytes_equal_llama_cpp_reference_by_loops():
     # the gguf package has no Q2_K encoder: compare with llama.cpp's quantize_row_q2_K_ref ported loop by loop
     w = _weights(2, 4, 256)
@@ -238,6 +252,8 @@ def test_bad_inputs_are_refused(tmp_path):
         K.encode(np.zeros(32, np.float32), "Q4_0")
     with pytest.raises(ValueError, match="finite"):
         K.encode(np.full((1, 32), np.nan, np.float32), "Q4_0")
+    with pytest.raises(ValueError, match="fp16 scales overflow"):
+        K.encode(np.full((1, 256), 1e6, np.float32), "Q2_K")
     with pytest.raises(ValueError, match="needs 18"):
         K.decode(b"\0" * 17, "Q4_0", (1, 32))
     with pytest.raises(ValueError, match="fitted"):
