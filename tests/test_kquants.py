@@ -271,3 +271,18 @@ def test_bits_per_byte_of_a_byte_model_is_nats_per_token_over_ln2():
     assert bpb == pytest.approx(nll(model, tokens=96, context=32) / math.log(2), rel=1e-12)
     stream = torch.tensor([72, 105, 226, 128, 153, 33], dtype=torch.long)    # "Hi’!" in bytes
     assert text_bytes(model.tokenizer, stream) == 6
+
+
+def test_write_gguf_encodes_quantlinear_layers_from_their_decoded_weights(tmp_path):
+    from qcourse.nn import quantize_model
+    from qcourse.nn.linear import QuantLinear
+
+    model = toy_model(seed=2, d_model=64, d_ff=128, n_layers=1, max_seq_len=32)
+    model, _ = quantize_model(model, "rtn", bits=4, group_size=32, progress=False)
+    layer = model.layers[0].mlp.down_proj
+    assert isinstance(layer, QuantLinear)
+    info = write_gguf(model, tmp_path / "q.gguf", linear_type="Q4_0")
+    assert info["types"]["layers.0.mlp.down_proj"] == "Q4_0"
+    loaded = load_gguf(tmp_path / "q.gguf", tokenizer=False)
+    _, expected = K.encode(layer.weight.detach(), "Q4_0")
+    assert np.array_equal(loaded.layers[0].mlp.down_proj.weight.detach().numpy(), expected)
