@@ -108,3 +108,19 @@ def test_results_do_not_depend_on_thread_count():
     assert torch.equal(one, many)
     with pytest.raises(ValueError, match="n must be"):
         cpu.set_threads(0)
+
+
+@pytest.mark.parametrize("books,g,n,k", [(2, 8, 5, 32), (1, 4, 3, 12), (2, 2, 4, 6)])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_aqlm8_kernel_equals_reference(books, g, n, k, batch):
+    from qcourse.methods.aqlm import AQLMWeight
+
+    gen = torch.Generator().manual_seed(books * 10 + g)
+    codes = torch.randint(0, 256, (n, k // g, books), generator=gen)
+    qw = AQLMWeight(codes, torch.randn(books, 256, g, generator=gen), torch.rand(n, generator=gen) + 0.5)
+    x = torch.randn(batch, k, generator=gen)
+    torch.testing.assert_close(cpu.gemm_aqlm8(x, qw), reference.matmul(x, qw), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(cpu.gemm_aqlm8(x[0], qw), reference.matmul(x[0], qw), rtol=1e-4, atol=1e-3)
+    qw16 = AQLMWeight(torch.zeros(2, 1, 1, dtype=torch.long), torch.zeros(1, 2**16, 4), torch.ones(2))
+    with pytest.raises(ValueError, match="8-bit codes"):
+        cpu.gemm_aqlm8(torch.randn(4), qw16)

@@ -20,6 +20,10 @@ def _weights():
     for shape, kind in (((7, 13), "2bit"), ((4, 10), "base3")):
         trits = torch.randint(-1, 2, shape, generator=g, dtype=torch.int8)
         yield TernaryWeight(trits, torch.tensor(0.3), kind)
+    from qcourse.methods.aqlm import AQLMWeight
+
+    yield AQLMWeight(torch.randint(0, 256, (5, 3, 2), generator=g), torch.randn(2, 256, 4, generator=g),
+                     torch.rand(5, generator=g) + 0.5)
 
 
 @pytest.mark.parametrize("qw", list(_weights()), ids=lambda q: f"{type(q).__name__}{q.shape}")

@@ -2,7 +2,8 @@
 machine's limits measured in the same run.
 
 For every format (``int4``, ``int2`` with fp16 scale and integer zero per 64 inputs; ``ternary`` and
-``ternary-lut``, trits in the 2-bit packing; ``binary``, ±1 weights and activations in 64-bit words), thread
+``ternary-lut``, trits in the 2-bit packing; ``binary``, ±1 weights and activations in 64-bit words;
+``aqlm-2x8``, two 256-entry codebooks per group of 8 inputs and an fp16 scale per row), thread
 count and batch size the benchmark times the numba kernel of :mod:`qcourse.kernels.cpu` and torch's
 ``F.linear`` on a float32 weight of the same shape, side by side, medians of ``--repeats`` runs.
 
@@ -15,7 +16,7 @@ count and batch size the benchmark times the numba kernel of :mod:`qcourse.kerne
 
 A weight smaller than 64 MiB would sit in the last-level cache after the first call and be timed faster than
 memory allows, so each format cycles through enough distinct copies of its packed weight to read at least
-64 MiB between two uses of one copy. Formats without a CPU kernel yet (``aqlm-2x8``, ``e8p``) are listed
+64 MiB between two uses of one copy. Formats without a CPU kernel yet (``e8p``) are listed
 under ``missing``; end-to-end decoding (``decode``) is not measured by this version (empty list).
 """
 
@@ -34,8 +35,8 @@ from qcourse import packing, xnor
 from qcourse.bench import ArgumentParser, non_negative_int, positive_int
 from qcourse.machine import machine_info
 
-FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary")
-MISSING = ("aqlm-2x8", "e8p")
+FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary", "aqlm-2x8")
+MISSING = ("e8p",)
 GROUP = 64
 
 
@@ -104,6 +105,18 @@ def _kernel(fmt: str, n: int, k: int, copies: int, rng: np.random.Generator
             return cpu.gemm_binary(nxt(words), xnor.pack_signs(xnor.binarize(x).numpy()), k)
 
         return run, words[0].nbytes
+    if fmt == "aqlm-2x8":
+        from qcourse.methods.aqlm import AQLMWeight
+
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        weights = [AQLMWeight(torch.randint(0, 256, (n, k // 8, 2), generator=g),
+                              torch.randn(2, 256, 8, generator=g), torch.rand(n, generator=g) + 0.5)
+                   for _ in range(copies)]
+
+        def run(x: torch.Tensor) -> Any:
+            return cpu.gemm_aqlm8(x, nxt(weights))
+
+        return run, weights[0].storage_bits // 8
     bits = 4 if fmt == "int4" else 2
     nbytes = n * k * bits // 8
     levels = 2**bits if fmt.startswith("int") else 3  # trits are codes 0, 1, 2
@@ -167,7 +180,7 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
                 torch_s[t, b] = _median(lambda b=b, w=w: F.linear(xs[b], w), args.repeats)
         del w  # 256 MiB at 8192²: free it before the packed weights are built
         for fmt in args.formats:
-            bytes_one = n * k * {"int4": 4, "int2": 2, "binary": 1}.get(fmt, 2) // 8
+            bytes_one = n * k * {"int4": 4, "int2": 2, "binary": 1}.get(fmt, 2) // 8  # aqlm-2x8: 2 bits
             copies = max(1, -(-args.min_bytes // bytes_one))
             run, nbytes = _kernel(fmt, n, k, copies, rng)
             for t in args.threads:

@@ -33,8 +33,8 @@ BACKENDS = ("auto", "cpu", "reference", "decode")
 
 def kernel_name(qweight: QuantizedWeight) -> str | None:
     """The numba kernel :func:`matmul` would use for ``qweight`` (``"int4"``, ``"int2"``, ``"int1"``,
-    ``"int8"``, ``"ternary"``), or ``None`` when there is none (other formats, groups along the output axis,
-    base-3 trits) or numba is missing."""
+    ``"int8"``, ``"ternary"``, ``"aqlm-Mx8"``), or ``None`` when there is none (other formats, groups along
+    the output axis, base-3 trits) or numba is missing."""
     from qcourse.affine import AffineQuantizedWeight
     from qcourse.methods.bitnet import TernaryWeight
 
@@ -45,6 +45,10 @@ def kernel_name(qweight: QuantizedWeight) -> str | None:
         return f"int{qweight.bits}"
     if isinstance(qweight, TernaryWeight) and qweight.packing_kind == "2bit":
         return "ternary"
+    from qcourse.methods.aqlm import AQLMWeight
+
+    if isinstance(qweight, AQLMWeight) and qweight.codebook_bits == 8:
+        return f"aqlm-{qweight.n_codebooks}x8"
     return None
 
 
@@ -73,6 +77,8 @@ def matmul(x: torch.Tensor, qweight: QuantizedWeight, backend: str = "auto") -> 
         y = reference.matmul(flat, qweight)
     elif name == "ternary":
         y = cpu.gemm_ternary(flat, qweight.packed, qweight.shape, qweight.gamma)
+    elif name.startswith("aqlm"):
+        y = cpu.gemm_aqlm8(flat, qweight)
     else:
         p = reference.affine_params(qweight)
         y = cpu.gemm_affine(flat, p["packed"], p["bits"], p["shape"], p["group"], p["scale"], p["zero"])

@@ -13,6 +13,9 @@ Each kernel here streams the packed bytes row by row and unpacks them with shift
   pair of activations ``(x₂ⱼ, x₂ⱼ₊₁)`` a 16-entry table holds ``(c₀−1)x₂ⱼ + (c₁−1)x₂ⱼ₊₁`` for each 4-bit
   pattern ``c₀ + 4c₁`` of two 2-bit codes, so a weight byte becomes two table reads and two additions and no
   multiplication; the tables (``K/2 × 16`` floats) are built once per input and reused by every row.
+* :func:`gemm_aqlm8` — AQLM with ``M`` codebooks of 256 entries (``2x8``): per input group ``j`` and codebook
+  ``m`` a table ``⟨C_m[c], x_j⟩`` for all 256 codewords ``c`` (one small matmul per call, shared by all
+  rows), then each output is ``scale·Σⱼ Σₘ table[j, m, code]``: ``M`` lookups per ``g`` weights.
 * :func:`gemm_binary` — ±1 weights and activations in 64-bit words (:mod:`qcourse.xnor`):
   ``n − 2·popcount(x XOR w)`` with the CPU's ``POPCNT``.
 
@@ -54,10 +57,10 @@ except ImportError:  # pragma: no cover - exercised on machines without numba
     AVAILABLE = False
 
 __all__ = ["AVAILABLE", "set_threads", "gemm_affine", "gemm_ternary", "gemm_ternary_lut", "gemm_binary",
-           "ternary_lut_tables", "FORMATS"]
+           "ternary_lut_tables", "gemm_aqlm8", "FORMATS"]
 
 #: the formats this module has a kernel for
-FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary")
+FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary", "aqlm-2x8")
 
 
 def _require() -> None:
@@ -193,6 +196,23 @@ if AVAILABLE:
                 y[b, r] = gamma * (acc0 + acc1)
         return y
 
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _aqlm8(tables, codes, scales, n, groups, books):
+        # tables[b, j, m, c] = <codebook m's entry c, x[b, group j]>; codes[(r·J + j)·M + m]
+        b_count = tables.shape[0]
+        y = np.zeros((b_count, n), dtype=np.float32)
+        per_row = groups * books
+        for r in prange(n):
+            row = codes[r * per_row:(r + 1) * per_row]
+            for b in range(b_count):
+                tb = tables[b]
+                acc = np.float32(0.0)
+                for j in range(groups):
+                    for m in range(books):
+                        acc += tb[j, m, np.int32(row[j * books + m])]
+                y[b, r] = scales[r] * acc
+        return y
+
     @njit(parallel=True, cache=True)
     def _binary(w_words, x_words, n):
         rows, words = w_words.shape
@@ -286,6 +306,24 @@ def gemm_ternary_lut(x: torch.Tensor, packed: torch.Tensor, shape: tuple[int, in
     xb, vec = _as_batch(x, k)
     tables = _lut_tables(xb)
     return _out(_ternary_lut(tables, packed.numpy(), np.float32(float(gamma)), n, k), vec)
+
+
+def gemm_aqlm8(x: torch.Tensor, qweight) -> torch.Tensor:
+    """``x Ŵᵀ`` for an :class:`~qcourse.methods.aqlm.AQLMWeight` with 8-bit codes (``Mx8``, e.g. ``2x8``),
+    by per-input-group lookup tables; ``x`` is ``[K]`` or ``[batch, K]``, result float32."""
+    _require()
+    from qcourse.methods.aqlm import AQLMWeight
+
+    if not isinstance(qweight, AQLMWeight) or qweight.codebook_bits != 8:
+        raise ValueError("qweight must be an AQLMWeight with 8-bit codes (codebook_bits=8)")
+    n, k = qweight.shape
+    xb, vec = _as_batch(x, k)
+    g, books = qweight.in_group_size, qweight.n_codebooks
+    # [B, J, g] · [M, 256, g] → [B, J, M, 256]: 256·M·K multiply-adds, shared by every output row
+    tables = torch.einsum("bjg,mcg->bjmc", torch.from_numpy(xb).reshape(xb.shape[0], k // g, g),
+                          qweight.codebooks.float()).contiguous().numpy()
+    y = _aqlm8(tables, qweight.packed.numpy(), qweight.scales.float().numpy(), n, k // g, books)
+    return _out(y, vec)
 
 
 def gemm_binary(w_words: np.ndarray, x_words: np.ndarray, n: int) -> np.ndarray:
