@@ -120,7 +120,8 @@ def kmeans_plus_plus(x: torch.Tensor, k: int, weights: torch.Tensor | None = Non
     duplicates are possible only when the data has fewer than ``k`` distinct points.
 
     >>> import torch
-    >>> c = kmeans_plus_plus(torch.tensor([[0.0], [0.0], [10.0]]), 2, generator=torch.Generator().manual_seed(1))
+    >>> gen = torch.Generator().manual_seed(1)
+    >>> c = kmeans_plus_plus(torch.tensor([[0.0], [0.0], [10.0]]), 2, generator=gen)
     >>> sorted(c.flatten().tolist())
     [0.0, 10.0]
     """

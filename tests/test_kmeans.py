@@ -62,7 +62,8 @@ def test_weights_equal_repetition() -> None:
 
 
 def test_weighted_update() -> None:
-    c, mass = update_centroids(torch.tensor([[0.0], [4.0]]), torch.tensor([0, 0]), 1, torch.tensor([3.0, 1.0]))
+    x, w = torch.tensor([[0.0], [4.0]]), torch.tensor([3.0, 1.0])
+    c, mass = update_centroids(x, torch.tensor([0, 0]), 1, w)
     assert c.item() == 1.0 and mass.item() == 4.0
 
 
