@@ -264,7 +264,7 @@ def _train(model_config: LlamaConfig, config: TrainConfig, out: Any, progress: b
         "wall_seconds": wall,
         "tokens_per_second": tokens_seen / train_time,
         "machine": machine_info(config.threads),
-        "command": f"python -m qcourse.lm train --steps {config.steps}"
+        "command": f"python -m qcourse.lm train --steps {config.steps} --threads {config.threads}"
         + (" --bitnet" if config.model == "bitnet" else ""),
     }
     model.eval()
