@@ -10,7 +10,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from qcourse import methods, sizing
+from qcourse import methods
 from qcourse.kmeans import assign, kmeans_plus_plus, update_centroids
 from qcourse.methods.aqlm import (
     AQLMWeight,
@@ -185,8 +185,6 @@ def test_bits_per_weight_hand_count(out: int, inp: int, M: int, B: int) -> None:
     books = M * 2**B * 8 * 16
     scales = 16 * out
     assert bits_per_weight(out, inp, M, B) == (codes + books + scales) / (out * inp)
-    assert bits_per_weight(out, inp, M, B) == pytest.approx(
-        sizing.aqlm_bits_per_weight([(out, inp)], 8, M, B), rel=1e-12)
 
 
 def test_bits_per_weight_figures() -> None:
