@@ -26,6 +26,7 @@ from torch import nn
 
 from qcourse.methods.bitnet import absmean_ternary
 from qcourse.nn.bitlinear import BitLinear
+from qcourse.nn.linear import swap_linears
 
 #: where the shipped ternary twin of the embedded model lives (``qcourse.lm.load("austen-bitnet")``)
 TWIN_FOLDER = Path(__file__).resolve().parent / "data" / "austen-bitnet"
@@ -208,16 +209,8 @@ def ternary_ptq(model: nn.Module, include: tuple[str, ...] = ("layers.",), act_b
     if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)
                                  or not 2 <= act_bits <= 8):
         raise ValueError(f"act_bits must be None or an int from 2 to 8; got {act_bits!r}")
-    if isinstance(include, str):
-        include = (include,)
     new = copy.deepcopy(model)
-    names = [n for n, m in new.named_modules() if isinstance(m, nn.Linear) and n.startswith(tuple(include))]
-    if not names:
-        raise ValueError(f"no nn.Linear whose name starts with {include!r}")
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = new.get_submodule(parent_name) if parent_name else new
-        setattr(parent, child, PTQBitLinear.from_linear(getattr(parent, child), act_bits=act_bits).freeze())
+    swap_linears(new, include, lambda lin: PTQBitLinear.from_linear(lin, act_bits=act_bits).freeze())
     if hasattr(model, "tokenizer"):
         new.tokenizer = model.tokenizer
     return new.eval()

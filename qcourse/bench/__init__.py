@@ -24,11 +24,14 @@ import argparse
 import importlib
 import json
 import pkgutil
+import statistics
 import sys
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
 
 __all__ = [
-    "ArgumentParser", "UsageError", "available", "bits_list", "group_size", "main", "names",
+    "median_seconds", "ArgumentParser", "UsageError", "available", "bits_list", "group_size", "main", "names",
     "non_negative_int", "positive_int", "run",
 ]
 
@@ -162,3 +165,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     print(json.dumps(result, indent=2))
     return 0
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int) -> float:
+    """Median wall time of ``repeats`` calls of ``fn`` after one untimed warm-up call (allocator, first-call
+    dispatch, numba compilation).
+
+    >>> median_seconds(lambda: sum(range(100)), repeats=3) >= 0
+    True
+    """
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)

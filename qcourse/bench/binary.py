@@ -18,27 +18,15 @@ because every partial sum is an integer below 2²⁴). Reported: the median seco
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
 from qcourse import xnor
-from qcourse.bench import ArgumentParser, non_negative_int, positive_int
+from qcourse.bench import ArgumentParser, median_seconds, non_negative_int, positive_int
 from qcourse.machine import machine_info
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main(argv: Sequence[str] = ()) -> dict[str, Any]:
@@ -60,8 +48,8 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
         y_packed = xnor.xnor_matmul(w_words, x_words, args.cols)
         y_float = torch.mv(w_f, x_f)
         equal = bool(np.array_equal(y_packed, y_float.numpy().astype(np.int64)))
-        t_float = _median_seconds(lambda: torch.mv(w_f, x_f), args.repeats)
-        t_packed = _median_seconds(lambda: xnor.xnor_matmul(w_words, x_words, args.cols), args.repeats)
+        t_float = median_seconds(lambda: torch.mv(w_f, x_f), args.repeats)
+        t_packed = median_seconds(lambda: xnor.xnor_matmul(w_words, x_words, args.cols), args.repeats)
     finally:
         torch.set_num_threads(prev)
     return {

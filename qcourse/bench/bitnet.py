@@ -21,29 +21,17 @@ True
 from __future__ import annotations
 
 import copy
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
 import torch
 
-from qcourse.bench import ArgumentParser, non_negative_int, positive_int
+from qcourse.bench import ArgumentParser, median_seconds, non_negative_int, positive_int
 from qcourse.lm.model import Llama
 from qcourse.lm.train import MODEL_CONFIG
 from qcourse.machine import machine_info
 from qcourse.nn.bitlinear import BitLinear, to_bitlinear
-
-
-def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up: allocator, first-call dispatch
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _train_step(model: Llama, x: torch.Tensor, y: torch.Tensor) -> Callable[[], None]:
@@ -82,16 +70,16 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
         g = torch.Generator().manual_seed(args.seed)
         batch = torch.randint(0, cfg.vocab_size, (args.batch_size, args.seq_len + 1), generator=g)
         x, y = batch[:, :-1], batch[:, 1:]
-        t_float = _median_seconds(_train_step(float_model.train(), x, y), args.repeats)
-        t_bit = _median_seconds(_train_step(bit_model.train(), x, y), args.repeats)
+        t_float = median_seconds(_train_step(float_model.train(), x, y), args.repeats)
+        t_bit = median_seconds(_train_step(bit_model.train(), x, y), args.repeats)
 
         for m in bit_model.modules():
             if isinstance(m, BitLinear):
                 m.freeze()
         tokens = torch.randint(0, cfg.vocab_size, (1, args.context), generator=g)
         with torch.inference_mode():
-            i_float = _median_seconds(lambda: float_model.eval()(tokens), args.repeats)
-            i_bit = _median_seconds(lambda: bit_model.eval()(tokens), args.repeats)
+            i_float = median_seconds(lambda: float_model.eval()(tokens), args.repeats)
+            i_bit = median_seconds(lambda: bit_model.eval()(tokens), args.repeats)
     finally:
         torch.set_num_threads(prev)
     n_tokens = args.batch_size * args.seq_len

@@ -22,8 +22,6 @@ under ``missing``; end-to-end decoding (``decode``) is not measured by this vers
 
 from __future__ import annotations
 
-import statistics
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -32,22 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from qcourse import packing, xnor
-from qcourse.bench import ArgumentParser, non_negative_int, positive_int
+from qcourse.bench import ArgumentParser, median_seconds, non_negative_int, positive_int
 from qcourse.machine import machine_info
 
 FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary", "aqlm-2x8")
 MISSING = ("e8p",)
 GROUP = 64
 
-
-def _median(fn: Callable[[], Any], repeats: int) -> float:
-    fn()  # warm-up (and numba compilation)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def _int_list(text: str) -> list[int]:
@@ -77,14 +66,14 @@ def copy_gb_s(nbytes: int, repeats: int) -> float:
     """Read + write bandwidth of a ``nbytes`` tensor copy, in GB/s (10⁹ bytes)."""
     src = torch.ones(nbytes, dtype=torch.uint8)
     dst = torch.empty_like(src)
-    return 2 * nbytes / _median(lambda: dst.copy_(src), repeats) / 1e9
+    return 2 * nbytes / median_seconds(lambda: dst.copy_(src), repeats) / 1e9
 
 
 def matmul_gflops(n: int, repeats: int) -> float:
     """Float32 ``torch.mm`` of two ``n × n`` matrices: ``2n³`` flops per second, in GFLOP/s."""
     g = torch.Generator().manual_seed(0)
     a, b = torch.randn(n, n, generator=g), torch.randn(n, n, generator=g)
-    return 2 * n**3 / _median(lambda: torch.mm(a, b), repeats) / 1e9
+    return 2 * n**3 / median_seconds(lambda: torch.mm(a, b), repeats) / 1e9
 
 
 def _kernel(fmt: str, n: int, k: int, copies: int, rng: np.random.Generator
@@ -177,7 +166,7 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
         for t in args.threads:
             torch.set_num_threads(t)
             for b in args.batches:
-                torch_s[t, b] = _median(lambda b=b, w=w: F.linear(xs[b], w), args.repeats)
+                torch_s[t, b] = median_seconds(lambda b=b, w=w: F.linear(xs[b], w), args.repeats)
         del w  # 256 MiB at 8192²: free it before the packed weights are built
         for fmt in args.formats:
             bytes_one = n * k * {"int4": 4, "int2": 2, "binary": 1}.get(fmt, 2) // 8  # aqlm-2x8: 2 bits
@@ -187,7 +176,7 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
                 cpu.set_threads(t)
                 torch.set_num_threads(t)
                 for b in args.batches:
-                    sec = _median(lambda b=b, run=run: run(xs[b]), args.repeats)
+                    sec = median_seconds(lambda b=b, run=run: run(xs[b]), args.repeats)
                     gb_s = nbytes / sec / 1e9
                     rows.append({"format": fmt, "shape": [n, k], "threads": t, "batch": b, "seconds": sec,
                                  "torch_seconds": torch_s[t, b], "speedup": torch_s[t, b] / sec,

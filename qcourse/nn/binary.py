@@ -51,6 +51,7 @@ from torch import nn
 
 from qcourse.methods.bitnet import fake_quant_activation
 from qcourse.nn.bitlinear import rms_norm
+from qcourse.nn.linear import swap_linears
 
 __all__ = ["SignSTE", "sign_ste", "BinaryLinear", "binary_connect", "bnn", "xnor_net", "bitnet_v1",
            "PRESETS", "to_binary_linear", "clip_binary_weights_"]
@@ -236,21 +237,16 @@ def to_binary_linear(model: nn.Module, preset: str = "bitnet_v1", include: tuple
     """
     if preset not in PRESETS:
         raise ValueError(f"preset must be one of {sorted(PRESETS)}; got {preset!r}")
-    if isinstance(include, str):
-        include = (include,)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(tuple(include))]
-    if not names:
-        raise ValueError(f"no nn.Linear whose name starts with {include!r}")
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        old = getattr(parent, child)
+
+    def make(old: nn.Linear) -> BinaryLinear:
         new = PRESETS[preset](old.in_features, old.out_features, bias=old.bias is not None)
         with torch.no_grad():
             new.weight.copy_(old.weight)
             if old.bias is not None:
                 new.bias.copy_(old.bias)
-        setattr(parent, child, new.to(old.weight.device))
+        return new.to(old.weight.device)
+
+    swap_linears(model, include, make)
     return model
 
 

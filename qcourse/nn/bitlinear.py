@@ -45,6 +45,7 @@ from qcourse.methods.bitnet import (
     fake_quant_weight,
     ternary_dequantize,
 )
+from qcourse.nn.linear import swap_linears
 
 __all__ = ["BitLinear", "SeedArticleBitLinear", "rms_norm", "to_bitlinear"]
 
@@ -189,15 +190,7 @@ def to_bitlinear(model: nn.Module, include: tuple[str, ...] = ("layers.",), act_
     The default ``("layers.",)`` converts a transformer's blocks and leaves the embedding and the output head
     in full precision, as BitNet does.
     """
-    if isinstance(include, str):
-        include = (include,)
-    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(tuple(include))]
-    if not names:
-        raise ValueError(f"no nn.Linear whose name starts with {include!r}")
-    for name in names:
-        parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, child, BitLinear.from_linear(getattr(parent, child), act_bits=act_bits))
+    swap_linears(model, include, lambda lin: BitLinear.from_linear(lin, act_bits=act_bits))
     return model
 
 

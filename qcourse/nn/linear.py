@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -32,7 +33,7 @@ from torch import nn
 from qcourse import methods
 from qcourse.methods.base import Method, QuantizedWeight
 
-__all__ = ["QuantLinear"]
+__all__ = ["QuantLinear", "swap_linears"]
 
 #: version tag of the layout QuantLinear writes into a state dict (see ``QuantLinear._save_to_state_dict``)
 STATE_FORMAT = "qcourse.QuantLinear/1"
@@ -302,3 +303,30 @@ def weight_from_state_dict(
     if tuple(qweight.shape) != saved:
         raise ValueError(f"rebuilt weight has shape {tuple(qweight.shape)}; the state says {saved}")
     return qweight
+
+
+def swap_linears(model: nn.Module, include: str | tuple[str, ...],
+                 make: Callable[[nn.Linear], nn.Module]) -> list[str]:
+    """Replace, in place, every ``nn.Linear`` whose qualified name starts with one of ``include`` by
+    ``make(linear)``; return the names replaced (``ValueError`` if there is none).
+
+    The course's layer families (BitLinear, binary layers, ternary PTQ) convert a model this way:
+    ``include=("layers.",)`` converts a transformer's blocks and keeps the embedding and head as they are.
+
+    >>> from torch import nn
+    >>> m = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    >>> swap_linears(m, ("2",), lambda lin: nn.Identity())
+    ['2']
+    >>> type(m[2]).__name__
+    'Identity'
+    """
+    if isinstance(include, str):
+        include = (include,)
+    names = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and n.startswith(tuple(include))]
+    if not names:
+        raise ValueError(f"no nn.Linear whose name starts with {include!r}")
+    for name in names:
+        parent_name, _, child = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, child, make(getattr(parent, child)))
+    return names
