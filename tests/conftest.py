@@ -111,3 +111,23 @@ def hessian_problem():
 def naive_block_obs():
     """The textbook block-OBS reference ``naive_block_obs(w, H, quantizer, ...)`` for the ldlq/GPTQ loop."""
     return _naive_block_obs
+
+
+@pytest.fixture
+def tiny_bitnet():
+    """A frozen one-block BitNet Llama (d_model 256, rows a multiple of llama.cpp's 256-weight blocks), its
+    scales rounded to fp16 as a GGUF file holds them: for the GGUF export tests."""
+    import torch
+
+    from qcourse.lm.model import Llama, LlamaConfig
+    from qcourse.nn.bitlinear import BitLinear, to_bitlinear
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=256, d_model=256, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=512,
+                      max_seq_len=32)
+    model = to_bitlinear(Llama(cfg))
+    for m in model.modules():
+        if isinstance(m, BitLinear):
+            m.freeze()
+            m.gamma = m.gamma.half().float()
+    return model.eval()

@@ -12,7 +12,7 @@ import torch
 from qcourse import bitnet_lesson as B
 from qcourse import methods
 from qcourse.lm import toy_model
-from qcourse.lm.model import Llama, LlamaConfig
+from qcourse.lm.model import LlamaConfig
 from qcourse.lm.train import TrainConfig, train
 from qcourse.nn.bitlinear import BitLinear, SeedArticleBitLinear
 
@@ -100,19 +100,12 @@ def test_act_bits_perplexity_restores_the_setting_and_orders_widths():
         B.set_act_bits(m, 9)
 
 
-def test_gguf_tensor_index_agrees_with_the_gguf_reader(tmp_path):
+def test_gguf_tensor_index_agrees_with_the_gguf_reader(tmp_path, tiny_bitnet):
     import gguf
 
     from qcourse.lm.gguf_export import write_gguf
-    from qcourse.nn.bitlinear import to_bitlinear
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=256, d_model=256, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=512,
-                      max_seq_len=32)
-    model = to_bitlinear(Llama(cfg))
-    for m in model.modules():
-        if isinstance(m, BitLinear):
-            m.freeze()
+    model = tiny_bitnet
     path = tmp_path / "tiny.gguf"
     write_gguf(model, path, "TQ1_0")
     index = B.gguf_tensor_index(path)
