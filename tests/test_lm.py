@@ -372,8 +372,9 @@ def test_load_leaves_the_global_rng_alone():
     assert torch.equal(torch.rand(3), expected)
 
 
-@pytest.mark.parametrize("argv", [["eval", "--tokens", "-5"], ["sample", "--n", "abc"], ["eval", "--split", "x"],
-                                  ["sample", "--n", "-3"], ["eval", "--model", "gpt5"]])
+@pytest.mark.parametrize("argv", [["eval", "--tokens", "-5"], ["sample", "--n", "abc"],
+                                  ["eval", "--split", "x"], ["sample", "--n", "-3"],
+                                  ["eval", "--model", "gpt5"]])
 def test_lm_cli_bad_values_give_usage_and_exit_2(argv, capsys):
     from qcourse.lm.__main__ import main
 
