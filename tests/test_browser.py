@@ -16,6 +16,7 @@ Skipped when ``/usr/bin/chromium`` is absent, unless ``QCOURSE_REQUIRE_BROWSER=1
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -29,6 +30,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import nbformat
 import pytest
@@ -113,9 +115,10 @@ class Lab:
         self.log.close()
 
 
-def _run_widget_notebook(root: Path, rel: str, workdir: Path, shot_name: str) -> dict[str, str]:
-    """Open ``rel`` in JupyterLab, run all cells, change "format"; return read-outs and figures, before and
-    after."""
+@contextlib.contextmanager
+def _notebook_page(root: Path, rel: str, workdir: Path, shot_name: str) -> Iterator[Any]:
+    """JupyterLab serving ``root``, ``rel`` open in headless Chromium with every cell run (Run → Run All, as a
+    learner would); yields the page. A failure leaves a full-page screenshot in test-artifacts/."""
     from playwright.sync_api import sync_playwright
 
     lab = Lab(root, workdir)
@@ -137,36 +140,8 @@ def _run_widget_notebook(root: Path, rel: str, workdir: Path, shot_name: str) ->
                 if dialog.count():
                     dialog.locator("button", has_text=re.compile(r"^Select$")).click()
                 page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
-                _run_all(page)                  # Run → Run All Cells, as a learner would
-
-                fmt = page.locator(".widget-dropdown",
-                                   has=page.locator("label", has_text=re.compile(r"^format$")))
-                gran = page.locator(".widget-dropdown",
-                                    has=page.locator("label", has_text=re.compile(r"^granularity$")))
-                readout = page.locator(".widget-html", has_text="relative MSE").first
-                figure = page.locator(".widget-output img").first
-                fmt.first.wait_for()
-                gran.first.wait_for()
-                readout.wait_for()
-                figure.wait_for()
-                fmt.first.scroll_into_view_if_needed()
-                before = {"readout": readout.inner_text(), "figure": figure.get_attribute("src") or ""}
-                select = fmt.first.locator("select")
-                current = select.input_value()
-                options = [v for v in select.locator("option").evaluate_all("os => os.map(o => o.value)")
-                           if v != current]
-                assert options, "the format dropdown offers only one value"
-                select.select_option(options[0])
-                deadline = time.monotonic() + 120
-                after = before
-                while time.monotonic() < deadline:
-                    after = {"readout": readout.inner_text(), "figure": figure.get_attribute("src") or ""}
-                    if after["readout"] != before["readout"] and after["figure"] != before["figure"]:
-                        break
-                    page.wait_for_timeout(250)
-                return {"before_readout": before["readout"], "after_readout": after["readout"],
-                        "before_figure": before["figure"], "after_figure": after["figure"],
-                        "from": current, "to": options[0]}
+                _run_all(page)
+                yield page
             except BaseException:
                 if page is not None:
                     ARTIFACTS.mkdir(exist_ok=True)
@@ -176,6 +151,40 @@ def _run_widget_notebook(root: Path, rel: str, workdir: Path, shot_name: str) ->
                 context.close()
     finally:
         lab.stop()
+
+
+def _run_widget_notebook(root: Path, rel: str, workdir: Path, shot_name: str) -> dict[str, str]:
+    """Open ``rel`` in JupyterLab, run all cells, change "format"; return read-outs and figures, before and
+    after."""
+    with _notebook_page(root, rel, workdir, shot_name) as page:
+        fmt = page.locator(".widget-dropdown",
+                           has=page.locator("label", has_text=re.compile(r"^format$")))
+        gran = page.locator(".widget-dropdown",
+                            has=page.locator("label", has_text=re.compile(r"^granularity$")))
+        readout = page.locator(".widget-html", has_text="relative MSE").first
+        figure = page.locator(".widget-output img").first
+        fmt.first.wait_for()
+        gran.first.wait_for()
+        readout.wait_for()
+        figure.wait_for()
+        fmt.first.scroll_into_view_if_needed()
+        before = {"readout": readout.inner_text(), "figure": figure.get_attribute("src") or ""}
+        select = fmt.first.locator("select")
+        current = select.input_value()
+        options = [v for v in select.locator("option").evaluate_all("os => os.map(o => o.value)")
+                   if v != current]
+        assert options, "the format dropdown offers only one value"
+        select.select_option(options[0])
+        deadline = time.monotonic() + 120
+        after = before
+        while time.monotonic() < deadline:
+            after = {"readout": readout.inner_text(), "figure": figure.get_attribute("src") or ""}
+            if after["readout"] != before["readout"] and after["figure"] != before["figure"]:
+                break
+            page.wait_for_timeout(250)
+        return {"before_readout": before["readout"], "after_readout": after["readout"],
+                "before_figure": before["figure"], "after_figure": after["figure"],
+                "from": current, "to": options[0]}
 
 
 def _assert_changed(result: dict[str, str]) -> None:
@@ -286,49 +295,19 @@ def _run_all(page) -> None:
 
 def _run_explorer(root: Path, rel: str, workdir: Path) -> list[dict[str, str]]:
     """Open ``rel``, run all, click method → hqq and then bits → 3; the read-out and figure at each stage."""
-    from playwright.sync_api import sync_playwright
+    with _notebook_page(root, rel, workdir, "lesson02-explorer") as page:
+        def group(name: str):
+            return page.locator(".widget-toggle-buttons",
+                                has=page.locator("label", has_text=re.compile(rf"^{name}$"))).first
 
-    lab = Lab(root, workdir)
-    page = None
-    try:
-        lab.wait_ready()
-        with sync_playwright() as pw:
-            context = pw.chromium.launch_persistent_context(
-                str(workdir / "chromium-profile"), executable_path=str(CHROMIUM), headless=True,
-                args=CHROMIUM_ARGS, viewport={"width": 1400, "height": 1000})
-            try:
-                page = context.new_page()
-                page.set_default_timeout(180_000)
-                page.goto(f"{lab.url}/lab/tree/{rel}?token={lab.token}&reset")
-                page.locator(".jp-NotebookPanel .jp-Cell").first.wait_for()
-                dialog = page.locator(".jp-Dialog", has_text="Select Kernel")
-                page.wait_for_timeout(2000)
-                if dialog.count():
-                    dialog.locator("button", has_text=re.compile(r"^Select$")).click()
-                page.locator(".jp-Notebook-ExecutionIndicator[data-status='idle']").first.wait_for()
-                _run_all(page)
-
-                def group(name: str):
-                    return page.locator(".widget-toggle-buttons",
-                                        has=page.locator("label", has_text=re.compile(rf"^{name}$"))).first
-
-                readout = page.locator(".widget-html", has_text="perplexity").first
-                figure = page.locator(".widget-output img").first
-                for loc in (group("method"), group("bits"), readout, figure):
-                    loc.wait_for()
-                stages = [{"readout": readout.inner_text(), "figure": figure.get_attribute("src") or ""}]
-                stages.append(_click_and_wait(page, group("method"), "hqq", readout, figure, stages[-1]))
-                stages.append(_click_and_wait(page, group("bits"), "3", readout, figure, stages[-1]))
-                return stages
-            except BaseException:
-                if page is not None:
-                    ARTIFACTS.mkdir(exist_ok=True)
-                    page.screenshot(path=str(ARTIFACTS / "lesson02-explorer.png"), full_page=True)
-                raise
-            finally:
-                context.close()
-    finally:
-        lab.stop()
+        readout = page.locator(".widget-html", has_text="perplexity").first
+        figure = page.locator(".widget-output img").first
+        for loc in (group("method"), group("bits"), readout, figure):
+            loc.wait_for()
+        stages = [{"readout": readout.inner_text(), "figure": figure.get_attribute("src") or ""}]
+        stages.append(_click_and_wait(page, group("method"), "hqq", readout, figure, stages[-1]))
+        stages.append(_click_and_wait(page, group("bits"), "3", readout, figure, stages[-1]))
+        return stages
 
 
 def test_lesson02_explorer_responds_to_method_and_bits(workdir):
