@@ -1,22 +1,28 @@
 """qcourse: a CPU-first course on sub-4-bit quantization, and the reference implementations behind it.
 
-The package is layered; a module imports only from its own layer or the layers above it in this list:
+The package is layered: a module imports only modules of its own layer or of the layers listed before it
+(``tests/test_layers.py`` checks every import; README.md's "Layout" lists every module):
 
-* **numbers** — :mod:`~qcourse.formats`: FP32 … FP8, MXFP4/NVFP4, INT, ternary and binary from their bit
-  layouts, and the bits per weight of a format.
+* **numbers** — :mod:`~qcourse.formats`, :mod:`~qcourse.fp4_blocks`: FP32 … FP8, MXFP4/NVFP4, NF4, INT,
+  ternary and binary from their bit layouts, and the bits per weight of a format.
 * **building blocks** — :mod:`~qcourse.grouping`, :mod:`~qcourse.packing`, :mod:`~qcourse.affine` (the
-  integer grids RTN, HQQ and GPTQ share), Hadamard transforms, lattices, k-means, the error-feedback loop.
+  integer grids RTN, HQQ and GPTQ share), :mod:`~qcourse.quantized_weight` (the contract every method
+  returns, and its save/load state), :mod:`~qcourse.ldlq` (the error-feedback loop and its quantizer seam:
+  GPTQ, LDLQ, BlockLDLQ), :mod:`~qcourse.hadamard`, :mod:`~qcourse.lattice`, :mod:`~qcourse.kmeans`,
+  :mod:`~qcourse.xnor`, :mod:`~qcourse.kquants`, :mod:`~qcourse.tables` (the one table printer),
+  :mod:`~qcourse.machine`.
 * **methods** — :mod:`qcourse.methods`: one file per method behind one API (``methods.get(name)``);
   methods import building blocks and ``methods.base``, never each other.
-* **models** — :mod:`qcourse.nn` (``QuantLinear``, ``quantize_model`` on any PyTorch model, calibration,
-  reports) and :mod:`qcourse.lm` (the embedded model, SmolLM2 from GGUF, corpus, perplexity);
-  ``nn`` never imports ``lm``.
 * **kernels** — :mod:`qcourse.kernels`: packed low-bit matrix-vector products.
-* **theory** — rate–distortion and bit allocation; :mod:`~qcourse.sizing` (model bytes, GPU memory fit,
-  later rooflines and energy per operation).
-* **course** — :mod:`~qcourse.tables` (the one table printer), :mod:`~qcourse.viz`,
-  :mod:`~qcourse.widgets`, :mod:`~qcourse.sweeps`, :mod:`~qcourse.diagnostics`, :mod:`~qcourse.checks`,
-  :mod:`~qcourse.exercises`, :mod:`~qcourse.notebook`, :mod:`~qcourse.doctor`, :mod:`~qcourse.bench`.
+* **models** — :mod:`qcourse.nn` (``QuantLinear``, ``quantize_model`` on any PyTorch model, calibration,
+  the ``BlockwiseModel`` interface, reports, saving, ``BitLinear`` and binary layers) and :mod:`qcourse.lm`
+  (the embedded model and its ternary twin, SmolLM2 from GGUF, corpus, training, perplexity, GGUF export);
+  ``nn`` never imports ``lm``.
+* **theory** — :mod:`~qcourse.theory` (rate–distortion and bit allocation), :mod:`~qcourse.sizing` (model
+  bytes, GPU memory fit), :mod:`~qcourse.layer_errors`, :mod:`~qcourse.hqq_shrinkage`.
+* **course** — :mod:`~qcourse.viz` and each lesson's figure module, :mod:`~qcourse.widgets`,
+  :mod:`~qcourse.sweeps`, :mod:`~qcourse.diagnostics`, :mod:`~qcourse.checks`, :mod:`~qcourse.exercises`,
+  :mod:`~qcourse.notebook`, :mod:`~qcourse.doctor`, :mod:`~qcourse.bench`, :mod:`~qcourse.digits`.
 
 Submodules are imported lazily, on first attribute access, so that ``import qcourse`` stays cheap:
 
