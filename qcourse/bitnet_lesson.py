@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from qcourse.methods.bitnet import absmean_ternary
+from qcourse.methods.bitnet import absmax_dequantize, absmax_quantize, absmean_ternary, check_act_bits
 from qcourse.nn.bitlinear import BitLinear
 from qcourse.nn.linear import swap_linears
 
@@ -186,9 +186,7 @@ class PTQBitLinear(BitLinear):
     def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
         if self.act_bits is None:
             return x
-        qmax = 2 ** (self.act_bits - 1) - 1
-        s = qmax / x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-5)
-        return torch.round(x * s).clamp(-qmax - 1, qmax) / s
+        return absmax_dequantize(*absmax_quantize(x, self.act_bits)).to(x.dtype)
 
 
 def ternary_ptq(model: nn.Module, include: tuple[str, ...] = ("layers.",), act_bits: int | None = None
@@ -206,9 +204,7 @@ def ternary_ptq(model: nn.Module, include: tuple[str, ...] = ("layers.",), act_b
     """
     import copy
 
-    if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)
-                                 or not 2 <= act_bits <= 8):
-        raise ValueError(f"act_bits must be None or an int from 2 to 8; got {act_bits!r}")
+    check_act_bits(act_bits)
     new = copy.deepcopy(model)
     swap_linears(new, include, lambda lin: PTQBitLinear.from_linear(lin, act_bits=act_bits).freeze())
     if hasattr(model, "tokenizer"):
@@ -422,9 +418,7 @@ def relative_error(w: torch.Tensor, method: str, bits: float, group_size: int | 
 
 def set_act_bits(model: nn.Module, act_bits: int | None) -> None:
     """Set the activation bit width of every ``BitLinear`` of ``model`` (2–8, or None for float)."""
-    if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)
-                                 or not 2 <= act_bits <= 8):
-        raise ValueError(f"act_bits must be None or an int from 2 to 8; got {act_bits!r}")
+    check_act_bits(act_bits)
     for _, m in _bitlinears(model):
         m.act_bits = act_bits
 

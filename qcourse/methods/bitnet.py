@@ -43,7 +43,8 @@ from qcourse.methods.base import Method, QuantizedWeight, state_tensor
 from qcourse.packing import TERNARY
 
 __all__ = [
-    "WEIGHT_EPS", "ACT_EPS", "absmean_ternary", "ternary_dequantize", "threshold_ternary", "absmax_int8",
+    "WEIGHT_EPS", "ACT_EPS", "absmean_ternary", "ternary_dequantize", "threshold_ternary", "check_act_bits",
+    "absmax_quantize", "absmax_int8",
     "absmax_dequantize", "fake_quant_weight", "fake_quant_activation", "PACKINGS", "TernaryWeight",
     "BitNetPTQ", "METHODS",
 ]
@@ -106,21 +107,42 @@ def threshold_ternary(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return t.to(torch.int8), gamma
 
 
-def absmax_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-token 8-bit codes ``q`` (``int8``) and scales ``s = 127/max|x|`` (``[..., 1]``, float32).
+def check_act_bits(act_bits: int | None) -> int | None:
+    """``act_bits`` must be ``None`` (float activations) or an int from 2 to 8; returned unchanged."""
+    if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)
+                                 or not 2 <= act_bits <= 8):
+        raise ValueError(f"act_bits must be None or an int from 2 to 8; got {act_bits!r}")
+    return act_bits
 
-    The last dimension is the feature dimension; every other index is a token.
+
+def absmax_quantize(x: torch.Tensor, bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token ``bits``-bit codes ``q`` (``int8``) and scales ``s = Q/max|x|`` (``[..., 1]``, float32).
+
+    ``Q = 2^(bits−1) − 1`` (127 at 8 bits) and ``q = clamp(round(x·s), −Q − 1, Q)``. The last dimension is
+    the feature dimension; every other index is a token.
+
+    >>> import torch
+    >>> q, s = absmax_quantize(torch.tensor([[1.0, -0.5, 0.2]]), bits=4)     # Q = 7
+    >>> q.tolist(), s.flatten().tolist()
+    ([[7, -4, 1]], [7.0])
+    """
+    _check_float(x, "x")
+    qmax = 2 ** (check_act_bits(bits) - 1) - 1
+    x = x.float()
+    s = qmax / x.abs().amax(dim=-1, keepdim=True).clamp_min(ACT_EPS)
+    q = torch.round(x * s).clamp_(-qmax - 1, qmax)
+    return q.to(torch.int8), s
+
+
+def absmax_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """BitNet b1.58's activation quantizer: :func:`absmax_quantize` at 8 bits (``s = 127/max|x|``).
 
     >>> import torch
     >>> q, s = absmax_int8(torch.tensor([[0.0, 0.0], [2.0, -0.5]]))
     >>> q.tolist(), s.flatten().tolist()        # an all-zero token keeps zeros (its scale is 127/1e-5)
     ([[0, 0], [127, -32]], [12700000.0, 63.5])
     """
-    _check_float(x, "x")
-    x = x.float()
-    s = 127.0 / x.abs().amax(dim=-1, keepdim=True).clamp_min(ACT_EPS)
-    q = torch.round(x * s).clamp_(-128, 127)
-    return q.to(torch.int8), s
+    return absmax_quantize(x, 8)
 
 
 def absmax_dequantize(q: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
@@ -151,10 +173,11 @@ def fake_quant_weight(w: torch.Tensor) -> torch.Tensor:
     return _straight_through(w, q)
 
 
-def fake_quant_activation(x: torch.Tensor) -> torch.Tensor:
-    """Per-token absmax int8 ``q/s`` in the forward pass, the identity in the backward pass."""
+def fake_quant_activation(x: torch.Tensor, bits: int = 8) -> torch.Tensor:
+    """Per-token absmax ``q/s`` (:func:`absmax_quantize`) in the forward pass, the identity in the backward
+    pass."""
     with torch.no_grad():
-        q, s = absmax_int8(x)
+        q, s = absmax_quantize(x, bits)
         xq = absmax_dequantize(q, s).to(x.dtype)
     return _straight_through(x, xq)
 

@@ -39,8 +39,9 @@ from torch import nn
 from qcourse import packing
 from qcourse.methods.bitnet import (
     absmax_dequantize,
-    absmax_int8,
+    absmax_quantize,
     absmean_ternary,
+    check_act_bits,
     fake_quant_activation,
     fake_quant_weight,
     ternary_dequantize,
@@ -77,10 +78,8 @@ class BitLinear(nn.Module):
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
                 raise ValueError(f"{name} must be a positive int; got {v!r}")
-        if act_bits is not None and (isinstance(act_bits, bool) or not isinstance(act_bits, int)
-                                     or not 2 <= act_bits <= 8):
-            raise ValueError(f"act_bits must be None or an int from 2 to 8; got {act_bits!r}")
-        self.in_features, self.out_features, self.act_bits = in_features, out_features, act_bits
+        self.in_features, self.out_features = in_features, out_features
+        self.act_bits = check_act_bits(act_bits)
         self.weight: nn.Parameter | None = nn.Parameter(torch.empty(out_features, in_features))
         nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
         self.bias = nn.Parameter(torch.zeros(out_features)) if bias else None
@@ -137,15 +136,9 @@ class BitLinear(nn.Module):
         x = rms_norm(x)
         if self.act_bits is None:
             return x
-        if self.act_bits == 8:
-            if self.training:
-                return fake_quant_activation(x)
-            return absmax_dequantize(*absmax_int8(x)).to(x.dtype)
-        qmax = 2 ** (self.act_bits - 1) - 1
-        with torch.no_grad():
-            s = qmax / x.abs().amax(dim=-1, keepdim=True).clamp_min(1e-5)
-            xq = torch.round(x * s).clamp_(-qmax - 1, qmax) / s
-        return xq + (x - x.detach())
+        if self.training:
+            return fake_quant_activation(x, self.act_bits)
+        return absmax_dequantize(*absmax_quantize(x, self.act_bits)).to(x.dtype)
 
     def ternary_weight(self) -> torch.Tensor:
         """``Ŵ = γ·t``: from the packed trits once frozen, straight-through from the latent weights before."""
