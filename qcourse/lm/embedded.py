@@ -24,12 +24,20 @@ import torch
 from qcourse.lm.model import Llama, LlamaConfig
 from qcourse.lm.tokenizer import ByteTokenizer
 
-__all__ = ["BITNET_DIR", "MODEL_DIR", "load_embedded", "training_record", "verify_weights"]
+__all__ = ["BITNET_DIR", "MODEL_DIR", "MODEL_DIRS", "load_embedded", "training_record", "verify_weights"]
 
 #: folder of the shipped model inside the installed package
 MODEL_DIR = Path(str(resources.files("qcourse").joinpath("data/austen-model")))
 #: folder of the shipped ternary twin (lesson 05: ``python -m qcourse.lm train --bitnet``)
 BITNET_DIR = Path(str(resources.files("qcourse").joinpath("data/austen-bitnet")))
+#: every shipped embedded model by its ``qcourse.lm.load`` name; the family of lesson 09 shares the large
+#: model's recipe, data and seed (``python -m qcourse.lm train --size small|medium``)
+MODEL_DIRS = {
+    "austen": MODEL_DIR,
+    "austen-medium": MODEL_DIR.parent / "austen-medium",
+    "austen-small": MODEL_DIR.parent / "austen-small",
+    "austen-bitnet": BITNET_DIR,
+}
 
 
 def _folder(path: str | os.PathLike | None, names: tuple[str, ...]) -> Path:

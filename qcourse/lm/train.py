@@ -41,14 +41,25 @@ from qcourse.lm.model import Llama, LlamaConfig
 from qcourse.lm.tokenizer import ByteTokenizer
 from qcourse.machine import machine_info
 
-__all__ = ["MODEL_CONFIG", "TRAIN_CONFIG", "BITNET_TRAIN_CONFIG", "TrainConfig", "train", "lr_at",
-           "weight_decay_at", "sha256_file", "machine_info"]
+__all__ = ["MODEL_CONFIG", "MODEL_SIZES", "TRAIN_CONFIG", "BITNET_TRAIN_CONFIG", "TrainConfig", "train",
+           "lr_at", "weight_decay_at", "sha256_file", "machine_info"]
 
 #: architecture of the shipped model
 #: (d_ff = 3 d_model = 768 is divisible by every group size up to 256; 4 kv heads = grouped-query attention)
 MODEL_CONFIG = LlamaConfig(
     vocab_size=256, d_model=256, n_layers=4, n_heads=8, n_kv_heads=4, d_ff=768, max_seq_len=256
 )
+
+#: the embedded model family (lesson 09: "is a smaller model the real competitor?"): the same depth, context,
+#: head size (32), d_ff = 3 d_model and training recipe; only the width changes. "large" is the shipped
+#: model (3.28 M parameters); "medium" has 1.87 M, "small" 0.85 M (3.85x fewer than large).
+MODEL_SIZES = {
+    "small": LlamaConfig(vocab_size=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, d_ff=384,
+                         max_seq_len=256),
+    "medium": LlamaConfig(vocab_size=256, d_model=192, n_layers=4, n_heads=6, n_kv_heads=3, d_ff=576,
+                          max_seq_len=256),
+    "large": MODEL_CONFIG,
+}
 
 
 @dataclass
