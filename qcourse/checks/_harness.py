@@ -77,13 +77,19 @@ _HISTORY: list[dict[str, Any]] = []
 def history() -> list[dict[str, Any]]:
     """Every check run in this process so far, oldest first (plain dicts, JSON-serializable).
 
-    Each record has ``name``, ``status`` ("passed" | "failed" | "not implemented") and, for "not
-    implemented", ``raised_in``: the function and source line that raised ``NotImplementedError``.
+    Each record has ``name``, ``status`` ("passed" | "failed" | "not implemented"), ``cases`` (one dict
+    per case: ``label``, ``ok``, ``detail``, and ``error``, the ``"Type: message"`` of what the learner's
+    call raised or None) and, for "not implemented", ``raised_in``: the function and source line that
+    raised ``NotImplementedError``.
 
     >>> clear_history()
     >>> _ = run_check("twice", lambda x: 2 * x, lambda x: 2 * x, [Case("one", (1,))], verbose=False)
     >>> [(r["name"], r["status"]) for r in history()]
     [('twice', 'passed')]
+    >>> _ = run_check("half", lambda x: 1 / x, lambda x: x / 2, [Case("zero", (0,))], verbose=False)
+    >>> history()[-1]["cases"]
+    [{'label': 'zero', 'ok': False, 'detail': 'raised ZeroDivisionError: division by zero', \
+'error': 'ZeroDivisionError: division by zero'}]
     """
     return copy.deepcopy(_HISTORY)
 
@@ -91,6 +97,11 @@ def history() -> list[dict[str, Any]]:
 def clear_history() -> None:
     """Forget the checks run so far (see :func:`history`)."""
     _HISTORY.clear()
+
+
+def _error_text(exc: BaseException) -> str:
+    """``"TypeError: message"``, or the bare type name when the exception has no message."""
+    return f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
 
 
 def _raise_site(exc: BaseException) -> dict[str, Any]:
@@ -114,6 +125,9 @@ class CaseResult:
     label: str
     ok: bool
     detail: str
+    #: ``"TypeError: message"`` when the learner's call raised (``NotImplementedError`` included), else None;
+    #: what ``python -m qcourse.exercises grade`` reads to tell a crashing function from a wrong one
+    error: str | None = None
 
 
 @dataclass
@@ -439,10 +453,12 @@ def run_check(
             got = student_fn(*s_args, **s_kwargs)
         except NotImplementedError as exc:
             not_implemented.append(_raise_site(exc))
-            results.append(CaseResult(case.label, False, NOT_IMPLEMENTED_CASE))
+            results.append(CaseResult(case.label, False, NOT_IMPLEMENTED_CASE,
+                                      error=_error_text(exc)))
             continue
         except Exception as exc:  # the learner's bug, reported rather than crashing the notebook
-            results.append(CaseResult(case.label, False, f"raised {type(exc).__name__}: {exc}"))
+            results.append(CaseResult(case.label, False, f"raised {type(exc).__name__}: {exc}",
+                                      error=_error_text(exc)))
             continue
         problems = []
         modified = _modified_inputs(_arg_names(reference_fn, case.args, case.kwargs),
@@ -462,13 +478,15 @@ def run_check(
     if len(not_implemented) == len(cases):
         result = CheckResult(name, "not implemented", [], hint)
         print(result.report())
-        _HISTORY.append({"name": name, "status": "not implemented", "raised_in": not_implemented[0]})
+        _HISTORY.append({"name": name, "status": "not implemented", "raised_in": not_implemented[0],
+                         "cases": [dataclasses.asdict(r) for r in results]})
         return result
     passed = all(r.ok for r in results)
     result = CheckResult(name, "passed" if passed else "failed", results, hint)
     if verbose:
         print(result.report())
-    _HISTORY.append({"name": name, "status": result.status, "raised_in": None})
+    _HISTORY.append({"name": name, "status": result.status, "raised_in": None,
+                     "cases": [dataclasses.asdict(r) for r in results]})
     if not passed and os.environ.get(STRICT_ENV) == "1":
         raise AssertionError(f"check {name} failed: " + "; ".join(f"{r.label}: {r.detail}" for r in results
                                                                    if not r.ok))
