@@ -45,12 +45,39 @@ import numpy as np
 import torch
 
 __all__ = [
-    "KQUANT_TYPES", "KQuantTensor", "Q2_KGrid", "Q4_0Grid", "decode", "encode", "encode_gptq",
-    "encode_tensor", "make_qkx2_quants", "pack_q2_k", "pack_q4_0",
+    "IQ4_NL_VALUES", "IQ4_NLGrid", "KQUANT_TYPES", "KQuantTensor", "Q2_KGrid", "Q4_0Grid", "decode", "encode",
+    "encode_gptq", "encode_tensor", "make_qkx2_quants", "pack_iq4_nl", "pack_q2_k", "pack_q4_0",
+    "stored_type",
 ]
 
 #: weights per block and bytes per block of each supported type
-KQUANT_TYPES = {"Q4_0": (32, 18), "Q2_K": (256, 84)}
+KQUANT_TYPES = {"Q4_0": (32, 18), "Q2_K": (256, 84), "IQ4_NL": (32, 18)}
+#: IQ4_NL's 16 non-uniform levels (``kvalues_iq4nl`` in ``ggml-common.h``), scaled by each block's ``d``
+IQ4_NL_VALUES = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113], np.int8)
+#: what llama.cpp's quantizer stores instead when a row does not split into whole blocks of the requested
+#: type (``llama_tensor_get_type``: Q2_K, Q3_K and the IQ types fall back to IQ4_NL, blocks of 32)
+FALLBACK = {"Q2_K": "IQ4_NL"}
+
+
+def stored_type(qtype: str, cols: int) -> str:
+    """The type llama.cpp's quantizer actually stores for rows of ``cols`` weights when asked for ``qtype``.
+
+    A k-quant needs whole super-blocks of 256 along each row; for other row lengths llama.cpp falls back
+    (Q2_K → IQ4_NL, 4.5 bits per weight). SmolLM2-135M's rows of 576 are such a case.
+
+    >>> stored_type("Q2_K", 1536), stored_type("Q2_K", 576), stored_type("Q4_0", 576)
+    ('Q2_K', 'IQ4_NL', 'Q4_0')
+    """
+    block, _ = _check_qtype(qtype)
+    if isinstance(cols, bool) or not isinstance(cols, int | np.integer) or cols <= 0:
+        raise ValueError(f"cols must be a positive int; got {cols!r}")
+    if cols % block == 0:
+        return qtype
+    fb = FALLBACK.get(qtype)
+    if fb is None or cols % KQUANT_TYPES[fb][0]:
+        # llama.cpp would store F16 (or refuse); this module writes block types only
+        raise ValueError(f"rows of {cols} weights fit neither {qtype} nor its llama.cpp fallback")
+    return fb
 
 
 @dataclass
@@ -334,22 +361,136 @@ class Q2_KGrid:
         return q.to(torch.uint8), deq
 
 
+# ---------------------------------------------------------------------------------------------------- IQ4_NL
+
+def pack_iq4_nl(L: np.ndarray, d: np.ndarray) -> bytes:
+    """IQ4_NL bytes of level indexes ``L`` (``[rows, cols]``, 0–15), fp16 scales ``d`` (``[rows, cols/32]``).
+
+    Same layout as Q4_0 (fp16 ``d``, then byte ``j`` = index ``j`` | index ``j + 16`` << 4); the weight is
+    ``d·IQ4_NL_VALUES[L]``.
+    """
+    return pack_q4_0(L, d)
+
+
+def _best_index(x: np.ndarray) -> np.ndarray:
+    """llama.cpp's ``best_index_int8`` on :data:`IQ4_NL_VALUES`: the nearest level, a tie going up."""
+    v = IQ4_NL_VALUES.astype(np.float32)
+    mu = np.clip(np.searchsorted(v, x, side="right"), 1, 15)
+    lo = (x - v[mu - 1]) < (v[mu] - x)
+    idx = np.where(lo, mu - 1, mu)
+    return np.where(x <= v[0], 0, np.where(x >= v[15], 15, idx)).astype(np.int32)
+
+
+def _iq4_nl_scales(b: np.ndarray) -> np.ndarray:
+    """Each 32-weight block's float32 scale, as ``quantize_row_iq4_nl_impl`` (no importance matrix) fits it.
+
+    Weights ``x²``; start from ``d = max/127`` (``max`` the signed weight of largest magnitude), then try
+    the 15 inverse scales ``(t − 127)/max``, ``t = −7…7``, keeping the weighted least-squares ``d`` of the
+    codes that maximises ``(Σ w q x)² / Σ w q²``. Sums run left to right in float32, as the C loop does.
+    """
+    f = np.float32
+    v = IQ4_NL_VALUES.astype(np.float32)
+    n = len(b)
+    w = b * b
+    rows = np.arange(n)
+    mx = b[rows, np.abs(b).argmax(1)]
+    tiny = np.abs(mx) < f(1e-15)          # GROUP_MAX_EPS: the block is stored as d = 0
+    safe_mx = np.where(tiny, f(1), mx).astype(np.float32)
+
+    def sums(inv: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        q = v[_best_index((inv[:, None] * b).astype(np.float32))]
+        sqx = np.zeros(n, np.float32)
+        sq2 = np.zeros(n, np.float32)
+        for j in range(32):
+            wq = w[:, j] * q[:, j]
+            sqx = (sqx + wq * b[:, j]).astype(np.float32)
+            sq2 = (sq2 + wq * q[:, j]).astype(np.float32)
+        return sqx, sq2
+
+    d0 = (-safe_mx / f(-127)).astype(np.float32)
+    sqx, sq2 = sums((f(1) / d0).astype(np.float32))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        d = np.where(sq2 > 0, sqx / sq2, f(0)).astype(np.float32)
+    best = (d * sqx).astype(np.float32)
+    for t in range(-7, 8):
+        sqx, sq2 = sums((f(t - 127) / safe_mx).astype(np.float32))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            better = (sq2 > 0) & (sqx * sqx > best * sq2)
+            d = np.where(better, sqx / np.where(sq2 > 0, sq2, f(1)), d).astype(np.float32)
+        best = np.where(better, d * sqx, best).astype(np.float32)
+    return np.where(tiny, f(0), d).astype(np.float32)
+
+
+def _encode_iq4_nl(w: np.ndarray) -> tuple[bytes, np.ndarray]:
+    b = w.reshape(-1, 32)
+    scale = _iq4_nl_scales(b)
+    # the final rounding uses 1/scale in float32; the file stores scale as fp16
+    with np.errstate(divide="ignore"):
+        inv = np.where(scale != 0, np.float32(1) / scale, np.float32(0)).astype(np.float32)
+    L = _best_index((inv[:, None] * b).astype(np.float32))
+    d16 = scale.astype(np.float16)
+    deq = d16.astype(np.float32)[:, None] * IQ4_NL_VALUES.astype(np.float32)[L]
+    rows, cols = w.shape
+    return pack_iq4_nl(L.reshape(rows, cols), d16.reshape(rows, -1)), deq.reshape(rows, cols)
+
+
+def _decode_iq4_nl(raw: np.ndarray) -> np.ndarray:
+    d = raw[:, :2].copy().view(np.float16).astype(np.float32)
+    qs = raw[:, 2:]
+    L = np.concatenate([qs & 15, qs >> 4], axis=1)
+    return d * IQ4_NL_VALUES.astype(np.float32)[L]
+
+
+class IQ4_NLGrid:
+    """IQ4_NL's grid as a :class:`~qcourse.ldlq.BlockQuantizer`: use with ``group_size=32``.
+
+    ``fit(w)`` (one group ``[rows, 32]``, the error-updated weights: GPTQ's dynamic groups) fits each row's
+    scale as llama.cpp does and stores it as fp16; ``quantize`` rounds a column to the nearest of
+    ``d·IQ4_NL_VALUES`` (the levels are non-uniform, so "nearest" is taken on the stored grid).
+    """
+
+    dim = 1
+
+    def __init__(self, d: torch.Tensor | None = None) -> None:
+        self.d = d
+
+    def fit(self, w: torch.Tensor) -> IQ4_NLGrid:
+        if w.ndim != 2 or w.shape[1] != 32:
+            raise ValueError(f"IQ4_NLGrid fits one 32-column group (group_size=32); got {tuple(w.shape)}")
+        d = _iq4_nl_scales(w.detach().cpu().float().numpy()).astype(np.float16)
+        return IQ4_NLGrid(torch.from_numpy(d.astype(np.float32)).to(torch.float64)[:, None])
+
+    def quantize(self, block: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.d is None:
+            raise ValueError("IQ4_NLGrid.quantize needs a fitted grid: call fit(w) first")
+        if block.ndim != 2 or block.shape[1] != 1:
+            raise ValueError(f"IQ4_NLGrid.quantize takes a [rows, 1] column; got {tuple(block.shape)}")
+        levels = torch.from_numpy(IQ4_NL_VALUES.astype(np.float32))
+        d = self.d.float()
+        grid = d * levels[None, :]                                   # [rows, 16], as a decoder computes it
+        q = (block.float() - grid).abs().argmin(1, keepdim=True)     # the nearest stored level
+        # a zero scale keeps index 8, as llama.cpp writes an all-zero block
+        q = torch.where(d == 0, torch.full_like(q, 8), q)
+        deq = (d * levels[q]).to(block.dtype)
+        return q.to(torch.uint8), deq
+
+
 # ---------------------------------------------------------------------------------------------------- API
 
 def encode(w: np.ndarray | torch.Tensor, qtype: str) -> tuple[bytes, np.ndarray]:
     """Round-to-nearest encoding of ``w`` (``[rows, cols]``) as llama.cpp's reference does.
 
     Returns ``(bytes, dequantized float32 [rows, cols])``; ``cols`` must be a multiple of the type's block
-    (32 for Q4_0, 256 for Q2_K).
+    (32 for Q4_0 and IQ4_NL, 256 for Q2_K).
     """
     block, _ = _check_qtype(qtype)
     a = _as_matrix(w, block)
-    # both types store their scales in fp16: a scale past 65504 would silently become inf
-    limit = 8 * 65504.0 if qtype == "Q4_0" else 15 * 65504.0 / 2
+    # every type stores its scales in fp16: a scale past 65504 would silently become inf
+    limit = {"Q4_0": 8 * 65504.0, "Q2_K": 15 * 65504.0 / 2, "IQ4_NL": 127 * 65504.0}[qtype]
     if float(np.abs(a).max()) >= limit:
         raise ValueError(f"w has |weights| up to {float(np.abs(a).max()):g}; {qtype}'s fp16 scales overflow "
                          f"beyond about {limit:g}")
-    return _encode_q4_0(a) if qtype == "Q4_0" else _encode_q2_k(a)
+    return {"Q4_0": _encode_q4_0, "Q2_K": _encode_q2_k, "IQ4_NL": _encode_iq4_nl}[qtype](a)
 
 
 def decode(data: bytes | np.ndarray, qtype: str, shape: tuple[int, int]) -> np.ndarray:
@@ -363,14 +504,15 @@ def decode(data: bytes | np.ndarray, qtype: str, shape: tuple[int, int]) -> np.n
         need = rows * cols // block * nbytes
         raise ValueError(f"data holds {raw.size} bytes; shape {shape} in {qtype} needs {need}")
     raw = raw.reshape(-1, nbytes)
-    out = _decode_q4_0(raw) if qtype == "Q4_0" else _decode_q2_k(raw)
+    out = {"Q4_0": _decode_q4_0, "Q2_K": _decode_q2_k, "IQ4_NL": _decode_iq4_nl}[qtype](raw)
     return out.reshape(rows, cols)
 
 
 def encode_gptq(w: torch.Tensor, hessian: torch.Tensor, qtype: str, percdamp: float = 0.01,
                 blocksize: int = 128) -> tuple[KQuantTensor, Any]:
-    """GPTQ rounding on the grid of ``qtype``: :func:`qcourse.ldlq.ldlq` with :class:`Q4_0Grid` (dynamic
-    32-column groups) or :class:`Q2_KGrid` (static 256-column super-blocks fitted on the original weights).
+    """GPTQ rounding on the grid of ``qtype``: :func:`qcourse.ldlq.ldlq` with :class:`Q4_0Grid` or
+    :class:`IQ4_NLGrid` (dynamic 32-column groups) or :class:`Q2_KGrid` (static 256-column super-blocks
+    fitted on the original weights).
 
     Returns ``(KQuantTensor, LDLQResult)``; the tensor's ``dequantized`` is decoded from its bytes.
 
@@ -387,11 +529,12 @@ def encode_gptq(w: torch.Tensor, hessian: torch.Tensor, qtype: str, percdamp: fl
     block, _ = _check_qtype(qtype)
     a = torch.from_numpy(_as_matrix(w, block)).to(torch.float64)
     rows, cols = a.shape
-    if qtype == "Q4_0":
-        res = ldlq(a, hessian, Q4_0Grid(), blocksize=blocksize, percdamp=percdamp, group_size=32)
+    if qtype in ("Q4_0", "IQ4_NL"):
+        grid = Q4_0Grid() if qtype == "Q4_0" else IQ4_NLGrid()
+        res = ldlq(a, hessian, grid, blocksize=blocksize, percdamp=percdamp, group_size=32)
         q = res.codes.numpy().astype(np.int32)
         d = torch.cat([g.d for g in res.quantizers], 1).numpy().astype(np.float16)
-        data = pack_q4_0(q, d)
+        data = pack_q4_0(q, d)      # IQ4_NL shares Q4_0's byte layout
     else:
         res = ldlq(a, hessian, Q2_KGrid(), blocksize=blocksize, percdamp=percdamp, group_size=256,
                    static_groups=True)

@@ -161,7 +161,8 @@ def add_llama_metadata(writer: Any, cfg: LlamaConfig) -> None:
 
 
 def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0",
-               linear_type: str | None = None, tensors: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               linear_type: str | None = None, tensors: Mapping[str, Any] | None = None,
+               embedding_type: str = "F32", metadata_from: str | os.PathLike | None = None) -> dict[str, Any]:
     """Write ``model`` as a llama GGUF; BitLinear layers in ``ternary_type``, everything else as F32 unless
     ``tensors`` or ``linear_type`` says otherwise.
 
@@ -176,13 +177,23 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
     linear_type
         ``"Q4_0"`` or ``"Q2_K"``: every other block linear (``nn.Linear`` or ``QuantLinear``, by its
         ``weight``) is encoded round-to-nearest with :func:`qcourse.kquants.encode`, as llama.cpp's
-        reference does; ``None`` keeps them F32. Embeddings, norms and the head stay F32.
+        reference does, in the type llama.cpp stores for its row length
+        (:func:`qcourse.kquants.stored_type`: rows that are not whole Q2_K super-blocks become IQ4_NL);
+        ``None`` keeps them F32. Norms and the head stay F32.
     tensors
         Pre-encoded block weights, ``{qcourse name: KQuantTensor}`` (for example GPTQ-rounded ones from
         :func:`kquant_tensors`); they take precedence over ``linear_type``.
+    embedding_type
+        ``"F32"`` or ``"Q8_0"`` (llama.cpp's 8-bit type, encoded by the ``gguf`` package) for the token
+        embedding. SmolLM2's source file stores it as Q8_0, and re-encoding those values in Q8_0 is
+        lossless; the summary says whether it was.
+    metadata_from
+        A GGUF file whose ``tokenizer.*`` keys (vocabulary, merges, special ids) are copied, so that
+        llama.cpp can tokenize prompts for the written file (``llama-cli -m file.gguf -p …``).
 
     Returns a summary: file bytes, bits per weight of the ternary tensors as stored (their bytes·8 / their
-    weights), the same for the k-quant tensors, and the tensor types.
+    weights), the same for the k-quant tensors, the bytes of every tensor's data, the tensor types, and
+    whether the embedding was stored losslessly.
     """
     import gguf
 
@@ -206,6 +217,10 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
         if not isinstance(kt, kquants.KQuantTensor):
             raise TypeError(f"tensors[{name!r}] must be a qcourse.kquants.KQuantTensor; "
                             f"got {type(kt).__name__}")
+    if embedding_type not in ("F32", "Q8_0"):
+        raise ValueError(f"embedding_type must be 'F32' or 'Q8_0'; got {embedding_type!r}")
+    if metadata_from is not None and not Path(metadata_from).is_file():
+        raise ValueError(f"metadata_from must be an existing GGUF file; got {str(metadata_from)!r}")
     encode = encode_tq2_0 if ternary_type == "TQ2_0" else encode_tq1_0
     qtype = gguf.GGMLQuantizationType[ternary_type]
     cfg = model.config
@@ -213,7 +228,10 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
     add_llama_metadata(w, cfg)
     bitnet = any(isinstance(m, BitLinear) for m in model.modules())
     w.add_bool("qcourse.bitnet", bitnet)
+    if metadata_from is not None:
+        _copy_tokenizer(metadata_from, w)
     types, ternary_bytes, ternary_weights, k_bytes, k_weights = {}, 0, 0, 0, 0
+    tensor_bytes, embedding_lossless = {}, True
     for name, obj in _weights(model):
         gname = _gguf_name(name)
         heads = cfg.n_heads if name.endswith("q_proj") else cfg.n_kv_heads if name.endswith("k_proj") else 0
@@ -224,13 +242,15 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
             arr = np.frombuffer(data, dtype=np.uint8).reshape(t.shape[0], -1)
             w.add_tensor(gname, arr, raw_shape=arr.shape, raw_dtype=qtype)
             types[name] = ternary_type
+            tensor_bytes[name] = len(data)
             ternary_bytes += len(data)
             ternary_weights += t.numel()
             continue
         block_linear = isinstance(obj, nn.Module) and name.startswith("layers.")
         kt = tensors.get(name)
         if kt is None and block_linear and linear_type is not None:
-            kt = kquants.encode_tensor(obj.weight.detach().float(), linear_type)
+            stored = kquants.stored_type(linear_type, obj.weight.shape[1])
+            kt = kquants.encode_tensor(obj.weight.detach().float(), stored)
         if kt is not None:
             if tuple(kt.shape) != tuple(obj.weight.shape):
                 raise ValueError(f"tensors[{name!r}] has shape {kt.shape}; the layer's weight is "
@@ -240,14 +260,26 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
             arr = (permute_qk(rows, heads) if heads else rows).numpy()
             w.add_tensor(gname, arr, raw_shape=arr.shape, raw_dtype=gguf.GGMLQuantizationType[kt.qtype])
             types[name] = kt.qtype
+            tensor_bytes[name] = len(kt.data)
             k_bytes += len(kt.data)
             k_weights += kt.shape[0] * kt.shape[1]
             continue
         tensor = obj.weight if isinstance(obj, nn.Module) else obj
         arr = tensor.detach().float()
         arr = permute_qk(arr, heads) if heads else arr
+        if name == "embed_tokens" and embedding_type == "Q8_0":
+            from gguf.quants import dequantize, quantize
+
+            q8 = quantize(arr.numpy(), gguf.GGMLQuantizationType.Q8_0)
+            back = dequantize(q8, gguf.GGMLQuantizationType.Q8_0)
+            embedding_lossless = bool(np.array_equal(back, arr.numpy()))
+            w.add_tensor(gname, q8, raw_shape=q8.shape, raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+            types[name] = "Q8_0"
+            tensor_bytes[name] = q8.nbytes
+            continue
         w.add_tensor(gname, arr.numpy().copy())
         types[name] = "F32"
+        tensor_bytes[name] = 4 * arr.numel()
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -259,12 +291,31 @@ def write_gguf(model: Llama, path: str | os.PathLike, ternary_type: str = "TQ2_0
         "ternary_bits_per_weight": 8 * ternary_bytes / ternary_weights if ternary_weights else None,
         "kquant_bits_per_weight": 8 * k_bytes / k_weights if k_weights else None,
         "types": types,
+        "tensor_bytes": tensor_bytes,
+        "embedding_lossless": embedding_lossless,
     }
+
+
+def _copy_tokenizer(src: str | os.PathLike, writer: Any) -> None:
+    """Copy every ``tokenizer.*`` key of the GGUF file ``src`` onto ``writer``, with its value types."""
+    import gguf
+
+    from qcourse.lm.gguf import _contents
+
+    reader = gguf.GGUFReader(str(src))
+    for key, field in reader.fields.items():
+        if not key.startswith("tokenizer."):
+            continue
+        vtype = gguf.GGUFValueType(field.types[0])
+        sub = gguf.GGUFValueType(field.types[1]) if vtype == gguf.GGUFValueType.ARRAY else None
+        writer.add_key_value(key, _contents(field), vtype, sub_type=sub)
 
 
 def kquant_tensors(model: Llama, qtype: str, hessians: Mapping[str, torch.Tensor] | None = None,
                    percdamp: float = 0.01, progress: bool = False) -> dict[str, Any]:
-    """Every block linear of ``model`` encoded in ``qtype`` (``"Q4_0"`` or ``"Q2_K"``).
+    """Every block linear of ``model`` encoded in ``qtype`` (``"Q4_0"`` or ``"Q2_K"``), or in the type
+    llama.cpp's quantizer falls back to when a row is not whole blocks of ``qtype``
+    (:func:`qcourse.kquants.stored_type`; each tensor's ``qtype`` says which it got).
 
     Without ``hessians``: round-to-nearest as llama.cpp's reference encoder. With ``hessians`` (``{layer
     name: H}``, e.g. from :func:`qcourse.nn.collect_hessians`): GPTQ rounding on the type's own grid
@@ -289,10 +340,11 @@ def kquant_tensors(model: Llama, qtype: str, hessians: Mapping[str, torch.Tensor
     out = {}
     for name in iterator:
         wt = model.get_submodule(name).weight.detach().float()
+        stored = kquants.stored_type(qtype, wt.shape[1])
         if hessians is None:
-            out[name] = kquants.encode_tensor(wt, qtype)
+            out[name] = kquants.encode_tensor(wt, stored)
         else:
-            out[name] = kquants.encode_gptq(wt, hessians[name], qtype, percdamp=percdamp)[0]
+            out[name] = kquants.encode_gptq(wt, hessians[name], stored, percdamp=percdamp)[0]
     return out
 
 
