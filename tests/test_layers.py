@@ -24,7 +24,7 @@ LAYERS: list[set[str]] = [
     {"nn", "lm"},
     {"theory", "sizing", "layer_errors", "hqq_shrinkage"},
     {"checks", "exercises", "bench", "viz", "viz_vq", "quip_plots", "rd_plots", "bitnet_lesson",
-     "binary_nets", "widgets", "sweeps", "diagnostics", "digits", "doctor", "notebook",
+     "binary_nets", "widgets", "sweeps", "diagnostics", "digits", "doctor", "notebook", "roofline",
      "__init__", "__main__"},
 ]
 
