@@ -32,9 +32,9 @@ from typing import Any
 import torch
 
 __all__ = [
-    "copy_bandwidth", "matmul_peak", "copies_for", "time_cycled", "gemv_point", "attainable_gflops",
-    "plot_roofline", "plot_bits", "kv_cache_bytes", "decode_bytes_per_token", "seed_article_decode",
-    "SEED_ARTICLE_TOKENS_S", "LLAMA2_70B",
+    "copy_bandwidth", "matmul_peak", "copies_for", "time_cycled", "time_gemv", "gemv_point",
+    "attainable_gflops", "plot_roofline", "plot_bits", "kv_cache_bytes", "decode_bytes_per_token",
+    "seed_article_decode", "SEED_ARTICLE_TOKENS_S", "LLAMA2_70B",
 ]
 
 #: Llama-2-70B's shape (Touvron et al., 2023): 80 blocks, width 8192, GQA with 8 KV heads of 128, vocab 32000
@@ -130,6 +130,45 @@ def time_cycled(fn: Callable[..., Any], args_per_copy: Sequence[tuple], repeats:
         return fn(*args)
 
     return _median_seconds(call, repeats)
+
+
+def time_gemv(label: str, fn: Callable[..., Any], args: tuple, weight_index: int | Sequence[int],
+              shape: tuple[int, int], repeats: int = 5, batch: int = 1, min_bytes: int = 64 * 2**20) -> dict:
+    """Time ``fn(*args)`` — a GEMV whose weight is ``args[i]`` for ``i`` in ``weight_index`` (tensors or numpy
+    arrays: codes, scales, zeros) — over enough copies of the weight (:func:`copies_for`) that no call
+    reads a copy still in the cache, and return its :func:`gemv_point`. The weight bytes are what those
+    arguments hold: every byte the kernel must read, metadata included.
+
+    >>> import torch
+    >>> w, x = torch.randn(64, 32), torch.randn(32)
+    >>> p = time_gemv("fp32", torch.mv, (w, x), 0, (64, 32), repeats=2, min_bytes=0)
+    >>> p["weight_bytes"], p["bits_per_weight"]
+    (8192.0, 32.0)
+    """
+    import numpy as np
+
+    idx = [weight_index] if isinstance(weight_index, int) else list(weight_index)
+    if not idx or any(isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < len(args) for i in idx):
+        raise ValueError(f"weight_index must index args (0..{len(args) - 1}); got {weight_index!r}")
+    if len(shape) != 2:
+        raise ValueError(f"shape must be (out_features, in_features); got {shape!r}")
+    nbytes = 0
+    for i in idx:
+        a = args[i]
+        if isinstance(a, torch.Tensor):
+            nbytes += a.numel() * a.element_size()
+        elif isinstance(a, np.ndarray):
+            nbytes += a.nbytes
+        else:
+            raise TypeError(f"args[{i}] must be a tensor or numpy array (part of the weight); "
+                            f"got {type(a).__name__}")
+    copies = [tuple(args)]
+    for _ in range(copies_for(nbytes, min_bytes) - 1):
+        copies.append(tuple(a.copy() if isinstance(a, np.ndarray) and j in idx else
+                            a.clone() if isinstance(a, torch.Tensor) and j in idx else a
+                            for j, a in enumerate(args)))
+    seconds = time_cycled(fn, copies, repeats)
+    return gemv_point(label, nbytes, int(shape[0]), int(shape[1]), seconds, batch=batch)
 
 
 def gemv_point(label: str, weight_bytes: float, n: int, k: int, seconds: float, batch: int = 1) -> dict:

@@ -103,3 +103,23 @@ def test_plots_draw_every_point() -> None:
     assert len(fig2.axes) == 2 and len(fig2.axes[1].lines) == len(pts) + 1
     import matplotlib.pyplot as plt
     plt.close("all")
+
+
+def test_time_gemv_counts_every_weight_argument_and_copies_only_those() -> None:
+    import numpy as np
+    import torch
+
+    seen: list[tuple[int, int]] = []
+
+    def fn(x, codes, scale):
+        seen.append((id(codes), id(x)))
+        return x
+
+    x, codes, scale = torch.ones(4), torch.zeros(1000, dtype=torch.uint8), np.ones(10, dtype=np.float32)
+    p = R.time_gemv("w", fn, (x, codes, scale), (1, 2), (10, 100), repeats=3, min_bytes=3000)
+    assert p["weight_bytes"] == 1040 and p["bits_per_weight"] == pytest.approx(8 * 1040 / 1000)
+    assert len({c for c, _ in seen}) == 3 and len({i for _, i in seen}) == 1  # 3 weight copies, one x
+    with pytest.raises(ValueError, match="weight_index"):
+        R.time_gemv("w", fn, (x, codes, scale), 3, (10, 100))
+    with pytest.raises(TypeError, match="args"):
+        R.time_gemv("w", fn, (x, 5, scale), 1, (10, 100))
