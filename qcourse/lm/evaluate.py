@@ -221,6 +221,7 @@ def generate(
     temperature: float = 0.8,
     top_k: int | None = None,
     greedy: bool = False,
+    use_cache: bool = True,
 ) -> str:
     """The prompt followed by ``n`` sampled tokens, decoded to text.
 
@@ -228,6 +229,11 @@ def generate(
     same model, prompt and seed always give the same text, and two models (say FP32 and its 2-bit copy)
     compared at one seed differ only because their weights differ. The context is cropped to the last
     ``max_seq_len`` tokens.
+
+    A :class:`~qcourse.lm.model.Llama` decodes with a :class:`~qcourse.lm.model.KVCache`: each step runs
+    only the new token through the model. Once the text outgrows ``max_seq_len`` the cropped window moves
+    every step, positions shift, and each step recomputes the window (as ``use_cache=False`` always does);
+    both ways give the same logits up to float rounding, hence the same text.
 
     Parameters
     ----------
@@ -243,12 +249,16 @@ def generate(
         Sample only among the ``top_k`` most likely tokens.
     greedy : bool
         Always take the most likely token (deterministic regardless of seed).
+    use_cache : bool
+        Decode with a key/value cache (default); ``False`` recomputes the whole context every step.
 
     Examples
     --------
     >>> from qcourse.lm import toy_model
     >>> m = toy_model(max_seq_len=16)
     >>> generate(m, "It is a truth", n=20, seed=1) == generate(m, "It is a truth", n=20, seed=1)
+    True
+    >>> generate(m, "Emma", n=20, seed=3) == generate(m, "Emma", n=20, seed=3, use_cache=False)
     True
     >>> generate(m, "Hi", n=5, temperature=0)
     Traceback (most recent call last):
@@ -274,20 +284,32 @@ def generate(
         _check_int("top_k", top_k, 1)
         if top_k > vocab:
             raise ValueError(f"top_k must be <= vocab_size={vocab}; got {top_k}")
+    if not isinstance(use_cache, bool):
+        raise TypeError(f"use_cache must be True or False; got {use_cache!r}")
     ids = list(model.tokenizer.encode(prompt))
     if not ids:
         raise ValueError("prompt must encode to at least one token; got an empty prompt")
 
+    from qcourse.lm.model import KVCache, Llama
+
     dev = _device(model)
     g = torch.Generator(device="cpu").manual_seed(seed)
     max_ctx = model.config.max_seq_len
+    cache = None
+    if use_cache and isinstance(model, Llama) and n and len(ids) <= max_ctx:
+        # room for the whole text, or up to the point where the window starts moving
+        cache = KVCache.for_model(model, max_len=min(max_ctx, len(ids) + n))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             for _ in range(n):
-                x = torch.tensor(ids[-max_ctx:], dtype=torch.long, device=dev)[None]
-                logits = model(x)[0, -1].float().cpu()
+                if cache is not None and len(ids) <= max_ctx:
+                    x = torch.tensor(ids[cache.length:], dtype=torch.long, device=dev)[None]
+                    logits = model(x, cache=cache)[0, -1].float().cpu()
+                else:
+                    x = torch.tensor(ids[-max_ctx:], dtype=torch.long, device=dev)[None]
+                    logits = model(x)[0, -1].float().cpu()
                 if greedy:
                     nxt = int(logits.argmax())
                 else:

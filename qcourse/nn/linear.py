@@ -33,7 +33,7 @@ from torch import nn
 from qcourse import methods
 from qcourse.methods.base import Method, QuantizedWeight
 
-__all__ = ["QuantLinear", "swap_linears"]
+__all__ = ["QuantLinear", "set_kernel", "swap_linears"]
 
 #: version tag of the layout QuantLinear writes into a state dict (see ``QuantLinear._save_to_state_dict``)
 STATE_FORMAT = "qcourse.QuantLinear/1"
@@ -330,3 +330,48 @@ def swap_linears(model: nn.Module, include: str | tuple[str, ...],
         parent = model.get_submodule(parent_name) if parent_name else model
         setattr(parent, child, make(getattr(parent, child)))
     return names
+
+
+def set_kernel(model: nn.Module, kernel: str = "auto") -> dict[str, str]:
+    """Make every :class:`QuantLinear` of ``model`` compute with ``kernel``; return ``{layer name: what
+    runs}``, where what runs is the packed kernel's name (``"int4"``, ``"ternary"``, ...), ``"reference"``
+    or ``"decode"``.
+
+    A layer that runs a packed kernel also drops its decoded float copy and stops caching one (``cache``
+    becomes ``False``): a packed model then holds only its codes, scales and zeros, so its memory and speed
+    are those of the packed format. A layer whose format has no kernel keeps decoding under ``"auto"``
+    (with its cache); ``kernel="cpu"`` raises ``ValueError`` naming the first such layer instead.
+    ``kernel="decode"`` restores plain decoding (the float copy is rebuilt on the next forward if ``cache``
+    is set again).
+
+    >>> import torch
+    >>> from torch import nn
+    >>> from qcourse.kernels import cpu
+    >>> m = nn.Sequential(nn.Linear(64, 8, bias=False))
+    >>> m[0] = QuantLinear.from_linear(m[0], "rtn", bits=4, group_size=32)
+    >>> _ = m(torch.randn(1, 64)); m[0]._cached is not None       # decoding keeps a float copy
+    True
+    >>> used = set_kernel(m, "auto")
+    >>> used == ({"0": "int4"} if cpu.AVAILABLE else {"0": "decode"}), m[0]._cached is None
+    (True, True)
+    """
+    from qcourse import kernels
+
+    if kernel not in kernels.BACKENDS:
+        raise ValueError(f"kernel must be one of {list(kernels.BACKENDS)}; got {kernel!r}")
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, QuantLinear)]
+    if not layers:
+        raise ValueError(f"model has no QuantLinear layers ({type(model).__name__}); quantize it first")
+    used: dict[str, str] = {}
+    for name, layer in layers:
+        found = kernels.kernel_name(layer.qweight) if kernel in ("auto", "cpu") else None
+        if kernel == "cpu" and found is None:
+            raise ValueError(f"layer {name}: {type(layer.qweight).__name__} has no packed CPU kernel "
+                             "(or numba is missing); use kernel='auto' or 'decode'")
+        used[name] = found if found is not None else ("reference" if kernel == "reference" else "decode")
+    for name, layer in layers:
+        layer.kernel = kernel
+        if used[name] != "decode":
+            layer.cache = False
+            layer.clear_cache()
+    return used
