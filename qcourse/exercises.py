@@ -553,19 +553,29 @@ def check(root: Path) -> list[Difference]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: ``python -m qcourse.exercises build|check [--root DIR] [--force]``; returns the exit
-    status (0 in sync, 1 out of sync or edited files kept, 2 bad input)."""
+    status (0 in sync, 1 out of sync or edited files kept, 2 bad input). ``grade DIR ...`` grades submitted
+    exercise notebooks (see :mod:`qcourse.grading`)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["grade"]:
+        from qcourse import grading  # same layer; imported here so build/check never load nbclient
+
+        return grading.main(argv[1:])
     parser = argparse.ArgumentParser(
         prog="python -m qcourse.exercises",
         description="Generate exercises/ from solutions/ (build), or verify they are in sync (check). "
-                    "build never overwrites an exercise edited by hand.")
-    parser.add_argument("command", choices=["build", "check"])
+                    "build never overwrites an exercise edited by hand. `grade DIR` grades submitted "
+                    "exercise notebooks (`python -m qcourse.exercises grade --help`).")
+    parser.add_argument("command", choices=["build", "check", "grade"])
     parser.add_argument("--root", type=Path, default=None,
                         help="course checkout holding solutions/ and exercises/ (default: the current "
                              "directory, which must hold solutions/)")
     parser.add_argument("--force", action="store_true",
                         help=f"build: also regenerate exercises edited by hand, after moving each to "
                              f"exercises/{BACKUP_DIR}/NN_slug.<UTC time>.ipynb")
-    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
+    args = parser.parse_args(argv)
+    if args.command == "grade":
+        parser.error("grade takes its own arguments and goes first: python -m qcourse.exercises grade DIR "
+                     "[--out grades.csv] [--timeout 120] [--root COURSE]")
     if args.force and args.command != "build":
         parser.error("--force goes with build")
     try:
