@@ -25,6 +25,7 @@ LAYERS: list[set[str]] = [
     {"theory", "sizing", "layer_errors", "hqq_shrinkage"},
     {"checks", "exercises", "bench", "viz", "viz_vq", "quip_plots", "rd_plots", "bitnet_lesson",
      "binary_nets", "widgets", "sweeps", "diagnostics", "digits", "doctor", "notebook", "roofline",
+     "capstone", "capstone_widgets",
      "__init__", "__main__"},
 ]
 
