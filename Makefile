@@ -33,7 +33,7 @@ test test-quick: export TRITON_INTERPRET ?= 1
 
 NBVAL := --nbval-lax --nbval-current-env --nbval-sanitize-with tests/sanitize.cfg
 
-.PHONY: setup lab test test-quick exercises check-exercises doctor clean-venv
+.PHONY: setup lab test test-quick exercises check-exercises doctor site clean-venv
 
 setup: $(STAMP)
 
@@ -67,6 +67,11 @@ check-exercises: $(STAMP)
 
 doctor: $(STAMP)
 	$(PY) -m qcourse doctor
+
+# the course website: executes every lesson once (the tests' time budgets), renders site/ (never committed);
+# open site/index.html, or serve it: $(PY) -m http.server --directory site 8000. SITE_ARGS: e.g. --lessons 00,01
+site: $(STAMP)
+	$(PY) -m qcourse.site build $(SITE_ARGS)
 
 clean-venv:
 	rm -rf $(VENV)
