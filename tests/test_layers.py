@@ -23,9 +23,9 @@ LAYERS: list[set[str]] = [
     {"kernels"},
     {"nn", "lm"},
     {"theory", "sizing", "layer_errors", "hqq_shrinkage"},
-    {"checks", "exercises", "bench", "viz", "viz_vq", "quip_plots", "rd_plots", "bitnet_lesson",
-     "binary_nets", "widgets", "sweeps", "diagnostics", "digits", "doctor", "notebook", "roofline",
-     "capstone", "capstone_widgets",
+    {"checks", "exercises", "grading", "site", "bench", "viz", "viz_vq", "quip_plots", "rd_plots",
+     "bitnet_lesson", "binary_nets", "widgets", "sweeps", "diagnostics", "digits", "doctor", "notebook",
+     "roofline", "capstone", "capstone_widgets",
      "__init__", "__main__"},
 ]
 
