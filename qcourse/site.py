@@ -618,6 +618,9 @@ def build(root: Path, out: Path | None = None, numbers: Iterable[str] | None = N
         mathjax = _mathjax_dir()
         shutil.copytree(mathjax, docs / "assets" / "mathjax",
                         ignore=shutil.ignore_patterns("localization", "*.txt", "*.md"))
+        # MathJax loads it as [MathJax]/config/qcourse.js (mkdocs.yml: custom_mathjax_url)
+        shutil.copyfile(root / "docs" / "mathjax-config.js",
+                        docs / "assets" / "mathjax" / "config" / "qcourse.js")
         config = {"INHERIT": str(base_config), "docs_dir": str(docs), "site_dir": str(out),
                   "nav": _nav(lessons)}
         config_path = Path(tmp) / "mkdocs.yml"
