@@ -54,7 +54,8 @@ __all__ = [
     "CACHE_VERSION", "CALIBRATED", "EXTRA_KEYS", "FAMILY", "GROUP_SIZE", "KERNEL_FORMATS", "METHOD_LABELS",
     "RESULTS", "ROW_KEYS", "SETTINGS", "SOURCES", "TRAINED", "TRAINED_MODELS", "Config", "best_within",
     "byte_counts", "cache_dir", "cache_path", "count_params", "equal_bytes_comparison", "family_of", "grid",
-    "decode_tokens_per_second", "load_rows", "pareto", "recommend", "run", "screen", "SPEED",
+    "decode_speeds", "decode_tokens_per_second", "load_rows", "pareto", "recommend", "run", "screen", "SPEED",
+    "SPEED_FORMATS",
 ]
 
 #: the embedded family of lesson 09 (same recipe, data and seed; only the width changes), small to large
@@ -457,6 +458,44 @@ def run(model: str, method: str = "fp32", bits: float | None = None, group_size:
     tmp.write_text(json.dumps({"key": _key(model, method, bits, group_size, options), "row": row}, indent=1))
     tmp.replace(path)   # atomic: a reader never sees half a row
     return row
+
+
+#: the formats :func:`decode_speeds` times
+SPEED_FORMATS = ("float", "int2", "int4", "int8", "ternary", "aqlm-1x8", "aqlm-2x8")
+
+
+def decode_speeds(model: str, formats: Sequence[str] = SPEED_FORMATS) -> dict[str, float | None]:
+    """Decode tokens/s of ``model`` (:func:`decode_tokens_per_second`) per packed format, measured one after
+    the other in this process, so the ratios compare (absolute numbers depend on the machine and its load).
+
+    Speed depends on the format and the layer shapes, not on the values of the codes, so each format is
+    timed on one model in that format: ``int2``/``int4``/``int8`` are RTN with groups of :data:`GROUP_SIZE`
+    (GPTQ and HQQ store the same layout), ``ternary`` is ternary PTQ with 2-bit packed trits, and
+    ``aqlm-Mx8`` is AQLM's layout fitted cheaply (residual k-means, no beam-search rounds). A format whose
+    kernel is missing on this machine (numba not installed) gives ``None``.
+    """
+    from qcourse.nn import quantize_model
+
+    bad = [f for f in formats if f not in SPEED_FORMATS]
+    if bad:
+        raise ValueError(f"formats must be among {list(SPEED_FORMATS)}; got {bad}")
+    base = _model(model)
+    out: dict[str, float | None] = {}
+    for fmt in formats:
+        if fmt == "float":
+            out[fmt] = decode_tokens_per_second(base)
+            continue
+        if fmt.startswith("int"):
+            q, _ = quantize_model(base, "rtn", bits=int(fmt[3:]), group_size=GROUP_SIZE, progress=False)
+        elif fmt == "ternary":
+            q, _ = quantize_model(base, "bitnet", bits=1.58, group_size=None, packing="2bit", progress=False)
+        else:
+            m = int(fmt[5])
+            q, _ = quantize_model(base, "aqlm", bits=m, group_size=None, calib=_calib(model),
+                                  progress=False, config=f"{m}x8", rounds=0, kmeans_iters=1)
+        out[fmt] = decode_tokens_per_second(q)
+        del q
+    return out
 
 
 # ----------------------------------------------------------------------------------------------- tables

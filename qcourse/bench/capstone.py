@@ -6,7 +6,9 @@ family (``austen-small``, ``austen-medium``, ``austen`` and the trained ternary 
 2×8; QuIP# at 2, 3 and 4 bits; ternary and binary PTQ. Each row is cached on disk (``--cache``), so an
 interrupted sweep resumes where it stopped and a second run prints the table at once; ``--recompute`` runs
 everything again. On the embedded family each row also gets decode tokens/s (greedy, batch 1, one thread)
-where every quantized layer has a packed kernel (``--no-speed`` skips it).
+where every quantized layer has a packed kernel, measured per model and format at the end of the run
+(:func:`qcourse.capstone.decode_speeds`; ``--no-speed`` skips it); the trained twin's BitLinear layers decode
+their trits, so its row has none.
 
 ``--model smollm2-135m`` runs the same grid on SmolLM2-135M (AQLM only when named in ``--methods``: a
 whole-model AQLM run takes about half an hour here). With ``--reuse-results`` (the default) a configuration
@@ -170,7 +172,6 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     started = time.perf_counter()
     configs = configurations(args)
     reuse = _result_rows() if args.model == "smollm2-135m" and args.reuse else {}
-    speed = C.decode_tokens_per_second if args.speed and args.model == "austen" else None
     it: Any = configs
     if args.progress:
         from tqdm.auto import tqdm
@@ -181,7 +182,15 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         if (method, bits) in reuse:
             rows.append(assembled_row(method, bits, reuse[(method, bits)]))
         else:
-            rows.append(C.run(model, method, bits, cache=args.cache, recompute=args.recompute, speed=speed))
+            rows.append(C.run(model, method, bits, cache=args.cache, recompute=args.recompute))
+    speeds = {}
+    if args.speed and args.model == "austen":
+        # one pass per model and packed format, side by side at the end (ratios compare; see decode_speeds)
+        for model in dict.fromkeys(r["model"] for r in rows if r["model"] in C.FAMILY):
+            speeds[model] = C.decode_speeds(model)
+        for r in rows:
+            fmt = "float" if r["method"] == "fp32" else r["kernel"]
+            r["tokens_per_second"] = speeds.get(r["model"], {}).get(fmt) if fmt else None
     fam = "embedded" if args.model == "austen" else "smollm2-135m"
     s = C.SETTINGS[fam]
     note = (f"every nn.Linear except lm_head quantized; model_bytes counts everything stored (float tensors "
@@ -189,7 +198,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             f"QuIP#) {s['calib_sequences']}x{s['calib_seq_len']} training-split tokens, seed {s['seed']}; "
             f"RTN/HQQ/GPTQ groups of {C.GROUP_SIZE}; timings on a shared machine under load")
     out = {"command": "python -m qcourse.bench capstone " + " ".join(argv), **_machine(), "note": note,
-           "settings": s, "rows": rows, "total_seconds": time.perf_counter() - started}
+           "settings": s, "speed": {**C.SPEED, "tokens_per_second": speeds} if speeds else None,
+           "rows": rows, "total_seconds": time.perf_counter() - started}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     return out
