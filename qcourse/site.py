@@ -570,6 +570,10 @@ def build(root: Path, out: Path | None = None, numbers: Iterable[str] | None = N
     lessons = discover(root, numbers)
     if not lessons:
         raise BuildError(f"no lessons (notebooks/NN_slug.ipynb) under {root}")
+    # marks the folder as ours before anything can fail, so a rerun may replace a half-built site (MkDocs'
+    # --clean keeps dot files)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / SITE_MARKER).write_text("built by python -m qcourse.site build\n", encoding="utf-8")
     for les in lessons:
         if les.time is None or not les.goals:
             say(f"warning: {les.notebook.name}: its first cells state no "
@@ -585,13 +589,19 @@ def build(root: Path, out: Path | None = None, numbers: Iterable[str] | None = N
             pages.add(f"notebooks/{les.stem}.ipynb")
             pages.update(f"{f}/{les.stem}.ipynb" for f, p in (("exercises", les.exercise),
                                                               ("solutions", les.solution)) if p)
+        failures = []
         for les in lessons:
             entry: dict[str, Any] = {"lesson": les.number, "title": les.title, "time": les.time}
             if execute:
                 budget = time_budget(json.loads(les.notebook.read_text(encoding="utf-8")).get("metadata", {}))
                 say(f"executing {les.notebook.relative_to(root)} (budget "
                     f"{'none' if math.isinf(budget) else f'{budget:g} s'})")
-                nb, seconds = execute_notebook(les.notebook, budget)
+                try:
+                    nb, seconds = execute_notebook(les.notebook, budget)
+                except BuildError as exc:   # run the other lessons too: one report lists every failure
+                    failures.append(str(exc))
+                    say(f"  FAILED: {str(exc).splitlines()[0]}")
+                    continue
                 entry.update(seconds=round(seconds, 1), budget_s=None if math.isinf(budget) else budget)
                 say(f"  done in {seconds:.1f} s")
             else:
@@ -608,6 +618,9 @@ def build(root: Path, out: Path | None = None, numbers: Iterable[str] | None = N
                 _rewrite_notebook_links(page_nb, page, pages)
                 nbformat.write(page_nb, docs / page)
             report["lessons"].append(entry)
+        if failures:
+            raise BuildError(f"{len(failures)} of {len(lessons)} lessons failed; no site was written:\n"
+                             + "\n".join(failures))
         refs = (root / "notebooks" / "references.md").read_text(encoding="utf-8")
         refs = rewrite_links(refs, "notebooks/references.md", pages)
         (docs / "notebooks" / "references.md").write_text(refs, encoding="utf-8")
@@ -633,7 +646,6 @@ def build(root: Path, out: Path | None = None, numbers: Iterable[str] | None = N
         if proc.returncode != 0:
             raise BuildError(f"mkdocs build failed (exit {proc.returncode}):\n{proc.stdout}{proc.stderr}")
         report["render_seconds"] = round(time.monotonic() - t_render, 1)
-    (out / SITE_MARKER).write_text("built by python -m qcourse.site build\n", encoding="utf-8")
     problems = broken_links(out)
     if problems:
         raise BuildError("the built site links to missing files or anchors:\n  " + "\n  ".join(problems))

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -130,6 +131,39 @@ def test_execute_notebook_stops_a_notebook_over_its_budget(tmp_path):
     with pytest.raises(BuildError, match=r"slow.ipynb ran over its 8 s budget .*at cell 1"):
         site.execute_notebook(path, budget=8)
     assert time.monotonic() - start < 45
+
+
+def _tiny_course(root: Path, cells: dict[str, str]) -> None:
+    """A course checkout with one lesson per ``{"NN_slug": code}``, a README and the real site config."""
+    import nbformat
+
+    (root / "notebooks").mkdir(parents=True)
+    for stem, code in cells.items():
+        intro = (f"# {stem[:2]} · Lesson {stem}\n\n**You will learn to**\n- one thing\n- another\n\n"
+                 "**Estimated time:** 5 minutes.")
+        nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell(intro),
+                                             nbformat.v4.new_code_cell(code)])
+        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+        nbformat.write(nb, root / "notebooks" / f"{stem}.ipynb")
+    (root / "notebooks" / "references.md").write_text("# References\n")
+    (root / "README.md").write_text("# tiny\n\nA course.\n\n## Quick start\n\nRun it.\n\n"
+                                    "## How to work through the course\n\nRead it.\n")
+    shutil.copyfile(ROOT / "mkdocs.yml", root / "mkdocs.yml")
+    shutil.copytree(ROOT / "docs", root / "docs")
+
+
+def test_build_runs_every_lesson_and_lists_every_failure(tmp_path, capsys):
+    root = tmp_path / "course"
+    _tiny_course(root, {"00_ok": "x = 1", "01_broken": "raise RuntimeError('lesson 01 is broken')",
+                        "02_ok": "y = 2", "03_broken": "assert 1 == 2, 'a claim that does not hold'"})
+    out = tmp_path / "site"
+    assert site.main(["build", "--root", str(root), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "2 of 4 lessons failed; no site was written" in err
+    assert "01_broken.ipynb: cell 1 failed" in err and "lesson 01 is broken" in err
+    assert "03_broken.ipynb: cell 1 failed" in err and "a claim that does not hold" in err
+    assert "executing notebooks/02_ok.ipynb" in err        # the lessons after a failure still ran
+    assert sorted(p.name for p in out.iterdir()) == [".qcourse-site"]
 
 
 # --- widgets, links, the link checker -------------------------------------------------------------------
