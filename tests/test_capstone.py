@@ -414,3 +414,19 @@ def test_shipped_tables(family):
         if family == "embedded":
             assert r["bits_per_byte"] == pytest.approx(math.log2(r["ppl"]), rel=1e-9)
     assert any(r["method"] == "fp32" for r in rows)
+
+
+# ------------------------------------------------------------------------------------------- speed
+def test_decode_tokens_per_second():
+    from qcourse.kernels import cpu
+    from qcourse.nn import quantize_model
+
+    m = lm.toy_model(seed=0, max_seq_len=128, d_model=64, d_ff=128)
+    assert C.decode_tokens_per_second(m) > 0                                   # float model
+    q, _ = quantize_model(m, "rtn", bits=4, group_size=64, progress=False)
+    tps = C.decode_tokens_per_second(q)
+    assert (tps > 0) if cpu.AVAILABLE else tps is None
+    base3, _ = quantize_model(m, "bitnet", bits=1.58, group_size=None, progress=False)   # base-3 trits
+    assert C.decode_tokens_per_second(base3) is None                           # no packed kernel
+    with pytest.raises(ValueError, match="formats must be among"):
+        C.decode_speeds("austen", ["int3"])
