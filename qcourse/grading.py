@@ -430,9 +430,14 @@ class _Run:
                                    _one_line(message))
 
     def _execute(self, source: str, deadline: float) -> nbformat.NotebookNode:
+        from nbclient.exceptions import CellTimeoutError
+
+        left = deadline - time.monotonic()
+        if left <= 0:  # every cell so far was quick, but together they used up the notebook's time
+            raise CellTimeoutError("the notebook's time is up")
         cell = nbformat.v4.new_code_cell(source)
         self.nb.cells.append(cell)
-        self.client.timeout = max(1, math.ceil(deadline - time.monotonic()))
+        self.client.timeout = max(1, math.ceil(left))
         return self.client.execute_cell(cell, len(self.nb.cells) - 1, store_history=False)
 
     def _probe(self, deadline: float) -> list[dict]:
@@ -448,6 +453,7 @@ class _Run:
 
         pending = [(check, fn) for step in steps for check, fn in step.checks]
         doing = "starting the kernel"
+        running: tuple[str, ...] = ()  # the checks of the check cell being run, if one is
         try:
             # the kernel's own stderr carries only ZMQ/transport chatter; what a cell raises reaches us
             # as an error message on the iopub channel
@@ -468,21 +474,25 @@ class _Run:
                             if step.note:
                                 self.exercise_errors.setdefault(f"note:{fn}", step.note)
                     else:
-                        doing = " and ".join(c for c, _ in step.checks)
+                        running = tuple(c for c, _ in step.checks)
+                        doing = " and ".join(running)
                         self._execute("import qcourse.checks._harness as _qcourse_harness\n"
                                       "_qcourse_harness.clear_history()", deadline)
                         err = _cell_error(self._execute(step.source, deadline))
                         records = self._probe(deadline)
                         self._record(step, records, err)
                         pending = [p for p in pending if p[0] not in self.grades]
+                        running = ()
         except CellTimeoutError:
             for check, fn in pending:
-                self._grade(check, fn, "timed out",
-                            f"the notebook ran past its {self.timeout:g} s limit while running {doing}; "
-                            "the kernel was stopped")
+                self._grade(check, fn, "timed out", _join(
+                    "" if check in running else "not reached",
+                    f"the notebook ran past its {self.timeout:g} s limit while running {doing}; "
+                    "the kernel was stopped"))
         except DeadKernelError as exc:
             for check, fn in pending:
-                self._grade(check, fn, "crashed", f"the kernel died while running {doing} ({exc})")
+                self._grade(check, fn, "crashed", _join("" if check in running else "not reached",
+                                                        f"the kernel died while running {doing} ({exc})"))
         except Exception as exc:  # noqa: BLE001 - a kernel that will not start is this student's row only
             for check, fn in pending:
                 if check not in self.grades:
@@ -505,7 +515,9 @@ class _Run:
                 self._grade(check, fn, "error",
                             _join(f"{why} (so {check} could not run: {cell_error})", note))
             else:
-                self._grade(check, fn, "error", _join(f"{check} raised {cell_error or 'no result'}", note))
+                self._grade(check, fn, "error", _join(
+                    f"{check} raised {cell_error}" if cell_error else
+                    f"{check} reported no result (did an exercise cell redefine {check}?)", note))
 
 
 def _kernel_env(root: Path) -> dict[str, str]:
