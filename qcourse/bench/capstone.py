@@ -152,12 +152,17 @@ def assembled_row(method: str, bits: float, cached: dict[str, Any]) -> dict[str,
     fp = C.run("smollm2-135m", "fp32")
     # same tokens, same text: bits per byte scales with the mean NLL per token
     bpb = fp["bits_per_byte"] * math.log(ppl) / math.log(fp["ppl"])
-    gs = C.GROUP_SIZE if method in ("rtn", "hqq", "gptq") else None
+    affine = method in ("rtn", "hqq", "gptq")
+    gs = C.GROUP_SIZE if affine else None
+    # the packed format the row's layers are stored in (as run() reports it; E8P and 3-bit have no kernel)
+    kernel = f"int{bits}" if affine and bits in (1, 2, 4, 8) else None
+    if method == "aqlm":
+        kernel = f"aqlm-{bits}x8"
     return {"model": "smollm2-135m", "params": params, "method": method, "bits": bits, "group_size": gs,
             "bits_per_weight": cached["bits_per_weight"], "model_bytes": float_bytes + quantized, "ppl": ppl,
             "bits_per_byte": bpb, "quantize_seconds": cached["quantize_seconds"], "tokens_per_second": None,
             "source": C.SOURCES[method], "family": "smollm2-135m", "quantized_bytes": quantized,
-            "float_bytes": float_bytes, "config": "2x8" if method == "aqlm" else None, "kernel": None,
+            "float_bytes": float_bytes, "config": f"{bits}x8" if method == "aqlm" else None, "kernel": kernel,
             "eval_tokens": s["tokens"], "eval_bytes": fp["eval_bytes"], "calibration": None,
             "eval_seconds": None, "source_file": cached["source_file"], "command": cached["command"]}
 
