@@ -310,8 +310,9 @@ def static_widgets(nb: Any) -> int:
 
     A tqdm progress bar becomes its final text line; any other widget becomes a box with its default
     settings and read-outs, saying that it is interactive in JupyterLab and that the figure after it shows
-    its default. Returns how many widget outputs were replaced. A page built from the result loads no
-    widget JavaScript (which a static site could only fetch from a CDN).
+    its default; a widget that was closed before the run ended (a finished ``tqdm(leave=False)`` bar) is
+    removed, as JupyterLab removes it. Returns how many widget outputs were replaced or removed. A page
+    built from the result loads no widget JavaScript (which a static site could only fetch from a CDN).
 
     >>> state = {"state": {
     ...   "a": {"model_name": "VBoxModel", "state": {"children": ["IPY_MODEL_b", "IPY_MODEL_c"]}},
@@ -331,13 +332,19 @@ def static_widgets(nb: Any) -> int:
     models = nb.get("metadata", {}).get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     replaced = 0
     for cell in nb.get("cells", []):
-        for out in cell.get("outputs", []) if cell.get("cell_type") == "code" else []:
+        if cell.get("cell_type") != "code":
+            continue
+        closed = [o for o in cell.get("outputs", []) if WIDGET_VIEW in o.get("data", {})
+                  and o["data"][WIDGET_VIEW].get("model_id") not in models]
+        if closed:
+            cell["outputs"] = [o for o in cell["outputs"] if all(o is not c for c in closed)]
+            replaced += len(closed)
+        for out in cell.get("outputs", []):
             data = out.get("data", {})
             if WIDGET_VIEW not in data:
                 continue
-            mid = data[WIDGET_VIEW].get("model_id", "")
-            root = models.get(mid, {})
-            bar = _progress_text(root.get("state", {}), models) if root else None
+            mid = data[WIDGET_VIEW]["model_id"]
+            bar = _progress_text(models[mid].get("state", {}), models)
             if bar is not None:
                 out["data"] = {"text/plain": bar}
             else:

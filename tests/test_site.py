@@ -191,6 +191,14 @@ def test_static_widgets_turns_a_progress_bar_into_its_final_line():
     assert "|" + "█" * 5 + " " * 15 + "|" in half["cells"][0]["outputs"][0]["data"]["text/plain"]
 
 
+def test_static_widgets_removes_a_widget_closed_before_the_run_ended():
+    nb = _tqdm_notebook(40, 40)
+    nb["metadata"]["widgets"][WIDGET_STATE]["state"].pop("bar")   # tqdm(leave=False) closes its bar
+    nb["cells"][0]["outputs"].insert(0, {"output_type": "stream", "name": "stdout", "text": "epoch 1\n"})
+    assert static_widgets(nb) == 1
+    assert nb["cells"][0]["outputs"] == [{"output_type": "stream", "name": "stdout", "text": "epoch 1\n"}]
+
+
 def test_static_widgets_leaves_a_notebook_without_widgets_alone():
     nb = {"metadata": {"kernelspec": {}}, "cells": [
         {"cell_type": "code", "outputs": [{"output_type": "stream", "name": "stdout", "text": "hi\n"}]}]}
