@@ -3,8 +3,9 @@
 The browser test builds the site for two lessons (00, and 01: equations and figures, and the fastest lesson
 to execute), serves it with ``python -m http.server`` on 127.0.0.1, and opens it in headless Debian
 Chromium through Playwright (the setup of ``tests/test_browser.py``). It checks that the navigation lists
-both lessons in order, that lesson 01 shows a figure and equations typeset by MathJax (no raw ``$…$``, no
-MathJax error), that a lesson page shows its goals and time, and, crawling every page reachable from the
+both lessons in order, that lesson 01 shows a figure, equations typeset by MathJax (no raw ``$$``, no
+MathJax error), its widget as a static snapshot (setting and read-out, no widget repr), and its goals and
+time, and, crawling every page reachable from the
 home page, that no ``href``/``src`` names a missing file or ``#anchor``, that no resource a page loads
 answers an HTTP error, and that no page fetches anything from another host (learners are often offline).
 
@@ -418,6 +419,10 @@ def test_site_in_a_real_browser(built_site):
                 img = page.locator(".jp-OutputArea-output img[src^='data:image/png']").first
                 img.scroll_into_view_if_needed()
                 assert img.evaluate("e => e.complete && e.naturalWidth > 100 && e.naturalHeight > 50")
+                # the format explorer widget: its default setting and read-out, no widget repr
+                widget = page.locator(".qc-widget", has_text="relative MSE")
+                assert widget.count() == 1 and "format: " in widget.inner_text(), text[:2000]
+                assert "VBox(" not in text and "HBox(" not in text
                 assert "Estimated time" in text and lessons[1].time in text
                 assert "You will learn to" in text and lessons[1].goals[0].split("(")[0].strip() in text
 
