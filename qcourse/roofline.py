@@ -6,8 +6,8 @@ At batch 1 a linear layer ``y = W x`` reads each of its ``n·k`` weights once an
 needs to keep its multipliers busy, so its speed is set by memory bandwidth alone. The roofline model
 (Williams, Waterman, Patterson, 2009) draws that as ``attainable = min(peak, intensity × bandwidth)``.
 
-* :func:`copy_bandwidth` and :func:`matmul_peak` measure the two roofs (small and quick enough for a
-  notebook; ``python -m qcourse.bench kernels`` measures them with more repeats beside the full kernel table);
+* :func:`read_bandwidth` (or :func:`copy_bandwidth`) and :func:`matmul_peak` measure the two roofs (small
+  and quick enough for a notebook; ``python -m qcourse.bench kernels`` measures them with more repeats beside the full kernel table);
 * :func:`time_cycled` times a kernel over several copies of its weight, so a weight that fits in the
   last-level cache is not timed faster than memory allows; :func:`copies_for` says how many copies;
 * :func:`gemv_point` turns a timing into a point of the plot; :func:`attainable_gflops` is the roof;
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 __all__ = [
-    "copy_bandwidth", "matmul_peak", "copies_for", "time_cycled", "time_gemv", "gemv_point",
+    "copy_bandwidth", "read_bandwidth", "matmul_peak", "copies_for", "time_cycled", "time_gemv", "gemv_point",
     "attainable_gflops", "plot_roofline", "plot_bits", "kv_cache_bytes", "decode_bytes_per_token",
     "seed_article_decode", "SEED_ARTICLE_TOKENS_S", "LLAMA2_70B",
 ]
@@ -78,6 +78,22 @@ def copy_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
     src = torch.ones(nbytes, dtype=torch.uint8)
     dst = torch.empty_like(src)
     return 2 * nbytes / _median_seconds(lambda: dst.copy_(src), repeats) / 1e9
+
+
+def read_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
+    """Read bandwidth in GB/s: a float32 dot product of an ``nbytes`` vector with itself (BLAS ``sdot``, one
+    stream read once, vectorized, so memory-bound), median of ``repeats``. A batch-1 GEMV only reads its weights, so this is its roof; a copy (:func:`copy_bandwidth`)
+    also writes, and a loaded machine often copies slower than it streams reads.
+
+    >>> read_bandwidth(2**20, repeats=2) > 0
+    True
+    """
+    _positive_int("nbytes", nbytes)
+    _positive_int("repeats", repeats)
+    if nbytes % 4:
+        raise ValueError(f"nbytes must be a multiple of 4 (float32 values); got {nbytes}")
+    src = torch.ones(nbytes // 4, dtype=torch.float32)
+    return nbytes / _median_seconds(lambda: torch.dot(src, src), repeats) / 1e9
 
 
 def matmul_peak(n: int = 1024, repeats: int = 3) -> float:

@@ -18,12 +18,14 @@ matplotlib.use("Agg")
 
 def test_roofs_are_positive_and_finite() -> None:
     bw = R.copy_bandwidth(4 * 2**20, repeats=2)
+    rd = R.read_bandwidth(4 * 2**20, repeats=2)
     peak = R.matmul_peak(128, repeats=2)
-    assert 0 < bw < 1e4 and 0 < peak < 1e6 and math.isfinite(bw * peak)
+    assert 0 < bw < 1e4 and 0 < rd < 1e4 and 0 < peak < 1e6 and math.isfinite(bw * peak * rd)
 
 
 @pytest.mark.parametrize(("fn", "kw", "what"), [
-    (R.copy_bandwidth, {"nbytes": 0}, "nbytes"), (R.copy_bandwidth, {"repeats": 1.5}, "repeats"),
+    (R.copy_bandwidth, {"nbytes": 0}, "nbytes"), (R.read_bandwidth, {"nbytes": 6}, "nbytes"),
+    (R.copy_bandwidth, {"repeats": 1.5}, "repeats"),
     (R.matmul_peak, {"n": True}, "n"), (R.copies_for, {"weight_bytes": -1}, "weight_bytes"),
     (R.copies_for, {"weight_bytes": 8, "min_bytes": -1}, "min_bytes"),
     (R.attainable_gflops, {"intensity": 0, "peak_gflops": 1, "bandwidth_gb_s": 1}, "intensity"),
