@@ -56,6 +56,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,7 +87,10 @@ KERNEL_NAME = "python3"
 CSV_COLUMNS = ("student", "lesson", "exercise", "check", "status", "message")
 _MAX_MESSAGE = 400  # characters of a message kept in the table; a check's first failure fits easily
 _STUB_LINE = exercises.STUB[0]
-_log = logging.getLogger(__name__)
+# nbclient logs a timeout or a dead kernel as an error; the table reports them instead
+_KERNEL_LOG = logging.getLogger(f"{__name__}.kernel")
+_KERNEL_LOG.propagate = False
+_KERNEL_LOG.addHandler(logging.NullHandler())
 
 
 class SubmissionError(ValueError):
@@ -415,12 +419,9 @@ class _Run:
         self.student, self.lesson, self.timeout = student, lesson, timeout
         self.token = secrets.token_hex(8)  # marks the grader's own output lines
         self.nb = nbformat.v4.new_notebook()
-        quiet = logging.getLogger(f"{__name__}.kernel")
-        quiet.propagate = False  # nbclient logs a timeout as an error; the table reports it instead
-        quiet.addHandler(logging.NullHandler())
         self.client = NotebookClient(self.nb, kernel_name=KERNEL_NAME, allow_errors=True, timeout=None,
                                      startup_timeout=120, shutdown_kernel="immediate",
-                                     record_timing=False, log=quiet)
+                                     record_timing=False, log=_KERNEL_LOG)
         self.env, self.cwd = env, cwd
         self.grades: dict[str, Grade] = {}
         self.exercise_errors: dict[str, str] = {}
@@ -489,10 +490,10 @@ class _Run:
                     "" if check in running else "not reached",
                     f"the notebook ran past its {self.timeout:g} s limit while running {doing}; "
                     "the kernel was stopped"))
-        except DeadKernelError as exc:
+        except DeadKernelError:
             for check, fn in pending:
                 self._grade(check, fn, "crashed", _join("" if check in running else "not reached",
-                                                        f"the kernel died while running {doing} ({exc})"))
+                                                        f"the kernel died while running {doing}"))
         except Exception as exc:  # noqa: BLE001 - a kernel that will not start is this student's row only
             for check, fn in pending:
                 if check not in self.grades:
@@ -572,23 +573,34 @@ def grade_notebook(path: Path, lessons: dict[str, Lesson], *, timeout: float = 1
         return _Run(student, lesson, float(timeout), env, cwd).run(_plan(lesson, nb))
 
 
-def grade(folder: Path, root: Path, *, timeout: float = 120.0,
+def grade(folder: Path, root: Path, *, timeout: float = 120.0, jobs: int = 1,
           progress: bool = False) -> list[Grade]:
     """Grade every file directly in ``folder`` (sorted by name; hidden files and folders are skipped).
 
-    Returns the table's rows: per graded file, one row per check of its lesson, in notebook order.
+    ``jobs`` notebooks run at once, each in its own kernel (the time limit is per notebook, so on a busy
+    machine keep ``jobs`` at most the number of free cores). Returns the table's rows: per file, one row
+    per check of its lesson in notebook order, files sorted by name whatever order they finished in.
     """
     folder = Path(folder)
     if not folder.is_dir():
         raise NotADirectoryError(f"{folder} is not a directory")
+    if not (isinstance(jobs, int) and jobs >= 1):
+        raise ValueError(f"jobs must be an int >= 1; got {jobs!r}")
     lessons, broken = course_lessons(root)
-    rows: list[Grade] = []
-    for path in submissions(folder):
+
+    def one(path: Path) -> list[Grade]:
         start = time.monotonic()
-        rows.extend(grade_notebook(path, lessons, timeout=timeout, broken=broken, root=root))
+        rows = grade_notebook(path, lessons, timeout=timeout, broken=broken, root=root)
         if progress:
             print(f"  graded {path.name} in {time.monotonic() - start:.1f} s", file=sys.stderr)
-    return rows
+        return rows
+
+    files = submissions(folder)
+    if jobs == 1:
+        return [row for path in files for row in one(path)]
+    # threads suffice: each one only waits on its kernel (nbclient gives every thread its own event loop)
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        return [row for rows in pool.map(one, files) for row in rows]
 
 
 def submissions(folder: Path) -> list[Path]:
@@ -654,8 +666,19 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _jobs(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 1; got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1; got {text!r}")
+    return value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m qcourse.exercises grade DIR [--out grades.csv] [--timeout 120] [--root COURSE]``.
+    """``python -m qcourse.exercises grade DIR [--out grades.csv] [--timeout 120] [--jobs 1]
+    [--root COURSE]``.
 
     Returns 0 when grading ran (whatever the students' results); bad arguments print the usage line and
     exit with status 2.
@@ -673,6 +696,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--timeout", type=_seconds, default=120.0,
                         help="seconds per notebook (default 120); past it the kernel is stopped and the "
                              "remaining checks are 'timed out'")
+    parser.add_argument("--jobs", type=_jobs, default=1,
+                        help="notebooks graded at once, each in its own kernel (default 1)")
     parser.add_argument("--root", type=Path, default=None,
                         help="course checkout holding solutions/ (default: the current directory)")
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
@@ -692,7 +717,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"grading {len(files)} file(s) in {args.dir.resolve()} against the exercises of "
           f"{root.resolve() / 'solutions'} ({args.timeout:g} s per notebook)", file=sys.stderr)
     start = time.monotonic()
-    rows = grade(args.dir, root, timeout=args.timeout, progress=True)
+    rows = grade(args.dir, root, timeout=args.timeout, jobs=args.jobs, progress=True)
     write_csv(rows, out)
     print(summary(rows))
     print(f"table written to {out} ({len(rows)} row(s)) in {time.monotonic() - start:.1f} s")

@@ -158,7 +158,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Grade], Path,
     _write_class(folder)
     before = _tree_hashes(folder)
     start = time.monotonic()
-    rows = grading.grade(folder, ROOT, timeout=90)
+    rows = grading.grade(folder, ROOT, timeout=90, jobs=2)  # two kernels at a time: rows still in name order
     seconds = time.monotonic() - start
     print("\n" + grading.summary(rows) + f"\n(graded in {seconds:.1f} s)")
     return rows, folder, before, seconds
@@ -168,6 +168,7 @@ def graded(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[Grade], Path,
 @pytest.mark.slow
 def test_solutions_pass(graded):
     rows, *_ = graded
+    assert [r.student for r in rows] == sorted(r.student for r in rows)
     for student, stem, checks in (("ann.ipynb", L07, CHECKS07), ("hal.ipynb", L01, CHECKS01)):
         got = _rows(rows, student)
         assert list(got) == checks
@@ -361,6 +362,8 @@ def test_grade_rejects_bad_arguments(tmp_path):
         grading.grade_notebook(tmp_path / "x.ipynb", {}, timeout=0)
     with pytest.raises(NotADirectoryError):
         grading.grade(tmp_path / "missing", ROOT)
+    with pytest.raises(ValueError, match="jobs must be an int >= 1"):
+        grading.grade(tmp_path, ROOT, jobs=0)
     with pytest.raises(ValueError, match="status must be one of"):
         Grade("s", "l", "e", "c", "ok", "")
 
@@ -393,6 +396,7 @@ def test_cli_writes_csv_and_exits_0_without_touching_dir(tmp_path):
     (["{missing}", "--root", "{root}"], "argument DIR"),
     (["{dir}", "--timeout", "0", "--root", "{root}"], "argument --timeout"),
     (["{dir}", "--timeout", "soon", "--root", "{root}"], "argument --timeout"),
+    (["{dir}", "--jobs", "0", "--root", "{root}"], "argument --jobs"),
     (["{dir}", "--out", "{dir}/grades.csv", "--root", "{root}"], "argument --out"),
     (["{dir}", "--out", "{tmp}/no/such/folder/g.csv", "--root", "{root}"], "argument --out"),
     (["{dir}", "--root", "{tmp}"], "argument --root"),
