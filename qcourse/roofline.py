@@ -7,7 +7,8 @@ needs to keep its multipliers busy, so its speed is set by memory bandwidth alon
 (Williams, Waterman, Patterson, 2009) draws that as ``attainable = min(peak, intensity × bandwidth)``.
 
 * :func:`read_bandwidth` (or :func:`copy_bandwidth`) and :func:`matmul_peak` measure the two roofs (small
-  and quick enough for a notebook; ``python -m qcourse.bench kernels`` measures them with more repeats beside the full kernel table);
+  and quick enough for a notebook; ``python -m qcourse.bench kernels`` measures copy bandwidth and peak
+  beside the full kernel table);
 * :func:`time_cycled` times a kernel over several copies of its weight, so a weight that fits in the
   last-level cache is not timed faster than memory allows; :func:`copies_for` says how many copies;
 * :func:`gemv_point` turns a timing into a point of the plot; :func:`attainable_gflops` is the roof;
@@ -82,8 +83,8 @@ def copy_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
 
 def read_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
     """Read bandwidth in GB/s: a float32 dot product of an ``nbytes`` vector with itself (BLAS ``sdot``, one
-    stream read once, vectorized, so memory-bound), median of ``repeats``. A batch-1 GEMV only reads its weights, so this is its roof; a copy (:func:`copy_bandwidth`)
-    also writes, and a loaded machine often copies slower than it streams reads.
+    stream read once, vectorized, so memory-bound), median of ``repeats``. A batch-1 GEMV only reads its
+    weights, so this is its roof; a copy (:func:`copy_bandwidth`) also writes.
 
     >>> read_bandwidth(2**20, repeats=2) > 0
     True
