@@ -18,9 +18,13 @@ Every file in ``DIR`` is one student's submission (any file name). For each, the
 
 4. records, for every check, ``passed``, ``failed`` (with the check's first failing case),
    ``not attempted`` (the function still raises ``NotImplementedError``), ``error`` (the student's code
-   raised: type and message), ``timed out`` (the notebook ran past its time limit; the kernel is killed and
-   the remaining checks get this status) or ``crashed`` (the kernel died). A file that could not be graded
-   gets one row with status ``not graded`` and the reason.
+   raised: type and message), ``timed out`` (the notebook ran past its time limit, counted from the
+   moment its kernel is ready; the kernel is killed, and the checks not reached get this status too) or
+   ``crashed`` (the kernel died). A file that could not be graded gets one row with status ``not graded``
+   and the reason.
+
+``--jobs N`` grades N notebooks at once, each in its own kernel; the table is in file-name order either
+way.
 
 Nothing in ``DIR`` is written: the kernel runs in a temporary folder, and the table goes to ``--out``,
 which must lie outside ``DIR``. The course's exercise notebooks are generated in memory from
@@ -521,12 +525,12 @@ class _Run:
                     f"{check} reported no result (did an exercise cell redefine {check}?)", note))
 
 
-def _kernel_env(root: Path) -> dict[str, str]:
+def _kernel_env(root: Path | None) -> dict[str, str]:
     from qcourse.checks._harness import STRICT_ENV
 
     env = dict(os.environ)
     env.pop(STRICT_ENV, None)  # strict mode turns a failed check into an exception: we want the record
-    if (Path(root) / "qcourse" / "__init__.py").is_file():
+    if root is not None and (Path(root) / "qcourse" / "__init__.py").is_file():
         # the checks must be the ones the course's notebooks were written for
         env["PYTHONPATH"] = os.pathsep.join([str(Path(root).resolve()),
                                              *filter(None, [env.get("PYTHONPATH")])])
@@ -568,7 +572,7 @@ def grade_notebook(path: Path, lessons: dict[str, Lesson], *, timeout: float = 1
     lesson = lessons[stem]
     if not lesson.checks:
         return [Grade(student, stem, "", "", "not graded", "this lesson has no check cells")]
-    env = _kernel_env(root) if root is not None else _kernel_env(Path("/nonexistent"))
+    env = _kernel_env(root)
     with tempfile.TemporaryDirectory(prefix="qcourse-grade-") as cwd:
         return _Run(student, lesson, float(timeout), env, cwd).run(_plan(lesson, nb))
 
