@@ -267,7 +267,7 @@ def plot_bits(rows: Sequence[dict], baseline_seconds: float, baseline_bits: floa
            title="time: fewer bits should mean less time")
     if bandwidth_gb_s is not None:
         _positive("bandwidth_gb_s", bandwidth_gb_s)
-        a2.axhline(bandwidth_gb_s, color="k", ls="--", lw=1, label="copy bandwidth")
+        a2.axhline(bandwidth_gb_s, color="k", ls="--", lw=1, label="memory bandwidth (measured)")
     a2.set(xlabel="bits per weight", ylabel="weight GB/s", title="bandwidth each kernel achieves")
     a1.legend(fontsize=7)
     a2.legend(fontsize=7)
