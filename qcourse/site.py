@@ -234,8 +234,11 @@ def execute_notebook(path: Path, budget: float | None = None) -> tuple[Any, floa
             client.set_widgets_metadata()
     except CellTimeoutError:
         took = time.monotonic() - start
-        raise BuildError(f"{path.name} ran over its {limit:g} s budget ({took:.0f} s, at cell {index}; set "
-                         f"metadata qcourse.time_budget_s or {BUDGET_ENV})") from None
+        own = "time_budget_s" in nb.metadata.get("qcourse", {})
+        how = ("its metadata qcourse.time_budget_s sets it" if own
+               else f"set metadata qcourse.time_budget_s, or {BUDGET_ENV} for every notebook without one")
+        raise BuildError(f"{path.name} ran over its {limit:g} s budget ({took:.0f} s, at cell {index}; "
+                         f"{how})") from None
     except CellExecutionError as exc:
         raise BuildError(f"{path.name}: cell {index} failed:\n{exc}") from None
     return nb, time.monotonic() - start
