@@ -124,3 +124,89 @@ def test_aqlm8_kernel_equals_reference(books, g, n, k, batch):
     qw16 = AQLMWeight(torch.zeros(2, 1, 1, dtype=torch.long), torch.zeros(1, 2**16, 4), torch.ones(2))
     with pytest.raises(ValueError, match="8-bit codes"):
         cpu.gemm_aqlm8(torch.randn(4), qw16)
+
+
+# --- the tiled fast path (prepare_affine / prepare_ternary + gemm_tiles) -------------------------------
+
+TILE_CASES = [  # bits, out, in, group (rows off a tile, several tiles, groups of 1-2 chunks, per channel)
+    (4, 64, 64, 64), (4, 5, 128, 64), (4, 70, 192, 64), (4, 131, 256, 128), (4, 9, 128, None),
+    (4, 3, 64, "tensor"), (2, 64, 64, 64), (2, 7, 128, 64), (2, 65, 320, 64), (2, 33, 256, 128),
+    (2, 4, 192, None), (2, 6, 128, "tensor"),
+]
+
+
+@pytest.mark.parametrize("bits,n,k,group_size", TILE_CASES)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_tiled_kernel_equals_reference(bits, n, k, group_size, threads):
+    qw = _affine(bits, n, k, group_size, seed=n * k)
+    p = reference.affine_params(qw)
+    args = (p["packed"], p["bits"], p["shape"], p["group"], p["scale"], p["zero"])
+    tiles = cpu.prepare_affine(*args)
+    assert tiles.words.shape == (-(-n // cpu.TILE), k * bits // 32, cpu.TILE)
+    before = __import__("numba").get_num_threads()
+    cpu.set_threads(min(threads, __import__("numba").config.NUMBA_NUM_THREADS))
+    try:
+        for batch in (1, 2, 5, 8):
+            x = torch.randn(batch, k, generator=torch.Generator().manual_seed(batch))
+            torch.testing.assert_close(cpu.gemm_tiles(x, tiles), reference.gemm_affine(x, *args),
+                                       rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(cpu.gemm_tiles(x[0], tiles), reference.gemm_affine(x[0], *args),
+                                   rtol=1e-5, atol=1e-4)
+    finally:
+        cpu.set_threads(before)
+
+
+@pytest.mark.parametrize("float_zero,symmetric", [(True, False), (False, True)])
+def test_tiled_kernel_float_and_implicit_zeros(float_zero, symmetric):
+    from qcourse import kernels
+
+    qw = _affine(4, 20, 128, 64, seed=3, symmetric=symmetric, float_zero=float_zero)
+    x = torch.randn(3, 128, generator=torch.Generator().manual_seed(0))
+    tiles = kernels.prepare(qw)
+    assert tiles is not None
+    torch.testing.assert_close(kernels.matmul(x, qw, prepared=tiles), reference.matmul(x, qw),
+                               rtol=1e-5, atol=1e-4)
+
+
+def test_tiled_kernel_extreme_activations():
+    """Codes are read unshifted and the activations pre-divided by 16^t: exact for large and tiny x."""
+    qw = _affine(4, 8, 64, 64, seed=1)
+    p = reference.affine_params(qw)
+    args = (p["packed"], p["bits"], p["shape"], p["group"], p["scale"], p["zero"])
+    tiles = cpu.prepare_affine(*args)
+    for mag in (1e-30, 1e-3, 1e4, 1e30):
+        x = torch.randn(2, 64, generator=torch.Generator().manual_seed(2)) * mag
+        want = reference.gemm_affine(x, *args)
+        torch.testing.assert_close(cpu.gemm_tiles(x, tiles), want, rtol=1e-4,
+                                   atol=1e-5 * float(want.abs().max()))
+    x = torch.zeros(1, 64)
+    assert torch.equal(cpu.gemm_tiles(x, tiles), torch.zeros(1, 8))
+
+
+@given(n=st.integers(1, 80), kc=st.integers(1, 4), batch=st.integers(1, 8), seed=st.integers(0, 999))
+@settings(max_examples=25, deadline=None)
+def test_tiled_ternary_equals_reference(n, kc, batch, seed):
+    k = 64 * kc
+    g = torch.Generator().manual_seed(seed)
+    trits = torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8)
+    qw = TernaryWeight(trits, torch.tensor(0.37), "2bit")
+    x = torch.randn(batch, k, generator=g)
+    want = reference.gemm_ternary(x, qw.packed, "2bit", qw.shape, qw.gamma)
+    torch.testing.assert_close(cpu.gemm_tiles(x, cpu.prepare_ternary(qw.packed, qw.shape, qw.gamma)), want,
+                               rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.parametrize("bits,n,k,group", [(4, 4, 96, 32), (4, 4, 100, 4), (2, 4, 64, 32), (3, 4, 64, 64),
+                                            (8, 4, 64, 64), (4, 4, 64, 128)])
+def test_tiled_kernel_refuses_other_layouts(bits, n, k, group):
+    packed = torch.zeros(n * k * bits // 8 if (n * k * bits) % 8 == 0 else n * k * bits // 8 + 1,
+                         dtype=torch.uint8)
+    ng = n * k // group
+    assert not cpu.tiles_supported(bits, (n, k), group)
+    with pytest.raises(ValueError, match="tiled kernel needs"):
+        cpu.prepare_affine(packed, bits, (n, k), group, torch.ones(ng), torch.zeros(ng))
+
+
+def test_gemm_tiles_type_check():
+    with pytest.raises(TypeError, match="tiles must be an AffineTiles"):
+        cpu.gemm_tiles(torch.randn(64), object())

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from qcourse.kernels import cpu, reference
 from qcourse.methods.base import QuantizedWeight
 
-__all__ = ["BACKENDS", "kernel_name", "matmul", "cpu", "reference"]
+__all__ = ["BACKENDS", "kernel_name", "matmul", "prepare", "cpu", "reference"]
 
 BACKENDS = ("auto", "cpu", "reference", "decode")
 
@@ -52,10 +52,41 @@ def kernel_name(qweight: QuantizedWeight) -> str | None:
     return None
 
 
-def matmul(x: torch.Tensor, qweight: QuantizedWeight, backend: str = "auto") -> torch.Tensor:
+def prepare(qweight: QuantizedWeight) -> cpu.AffineTiles | None:
+    """The weight re-laid for the fastest numba kernel, when it has one (int4/int2 with groups of whole
+    64-code chunks, 2-bit ternary; ``in_features % 64 == 0``), else ``None``.
+
+    Preparing copies the codes once (same bytes as the packed weight, plus float32 scales); pass the result
+    to :func:`matmul` as ``prepared`` for every later product with this weight (``QuantLinear`` keeps it).
+
+    >>> import torch
+    >>> from qcourse import methods
+    >>> qw = methods.get("rtn").quantize(torch.randn(8, 128), bits=4, group_size=64)
+    >>> x = torch.randn(2, 128)
+    >>> p = prepare(qw)
+    >>> p is None or torch.allclose(matmul(x, qw, prepared=p), matmul(x, qw, backend="decode"), atol=1e-4)
+    True
+    """
+    from qcourse.affine import AffineQuantizedWeight
+    from qcourse.methods.bitnet import TernaryWeight
+
+    name = kernel_name(qweight)
+    if name in ("int2", "int4") and isinstance(qweight, AffineQuantizedWeight):
+        p = reference.affine_params(qweight)
+        if cpu.tiles_supported(p["bits"], p["shape"], p["group"]):
+            return cpu.prepare_affine(p["packed"], p["bits"], p["shape"], p["group"], p["scale"], p["zero"])
+    if name == "ternary" and isinstance(qweight, TernaryWeight) and cpu.tiles_supported(2, qweight.shape,
+                                                                                         qweight.numel):
+        return cpu.prepare_ternary(qweight.packed, qweight.shape, qweight.gamma)
+    return None
+
+
+def matmul(x: torch.Tensor, qweight: QuantizedWeight, backend: str = "auto",
+           prepared: cpu.AffineTiles | None = None) -> torch.Tensor:
     """``x Ŵᵀ`` for ``x`` of shape ``[..., in_features]``; returns ``[..., out_features]`` in ``x.dtype``.
 
-    No autograd through the kernels: use ``backend="decode"`` when ``x`` needs a gradient.
+    ``prepared`` (from :func:`prepare` for this ``qweight``) selects the tiled kernel under ``"auto"`` and
+    ``"cpu"``. No autograd through the kernels: use ``backend="decode"`` when ``x`` needs a gradient.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {list(BACKENDS)}; got {backend!r}")
@@ -73,7 +104,11 @@ def matmul(x: torch.Tensor, qweight: QuantizedWeight, backend: str = "auto") -> 
     if backend == "decode" or (backend == "auto" and name is None):
         return F.linear(x, qweight.dequantize(torch.float32).to(device=x.device, dtype=x.dtype))
     flat = x.reshape(-1, k).detach().to(device="cpu", dtype=torch.float32)
-    if backend == "reference":
+    if prepared is not None and backend != "reference":
+        if not isinstance(prepared, cpu.AffineTiles) or prepared.shape != (n, k):
+            raise ValueError("prepared must be kernels.prepare(qweight) of this weight")
+        y = cpu.gemm_tiles(flat, prepared)
+    elif backend == "reference":
         y = reference.matmul(flat, qweight)
     elif name == "ternary":
         y = cpu.gemm_ternary(flat, qweight.packed, qweight.shape, qweight.gamma)

@@ -9,6 +9,14 @@ Each kernel here streams the packed bytes row by row and unpacks them with shift
   ``Σ (q − z)·x·s = s·(Σ q·x − z·Σ x)`` with ``Σ x`` per group computed once per call, so the inner loop is
   one multiply-add per code.
 * :func:`gemm_ternary` — trits in the 2-bit packing: the same inner loop with ``z = 1`` and one ``γ``.
+* :func:`prepare_affine` / :func:`prepare_ternary` + :func:`gemm_tiles` — the fast path for int4, int2 and
+  ternary weights that are used many times (a model's layers): the codes are laid out once in tiles of
+  :data:`TILE` output rows, word-interleaved (``[tiles, words, TILE]``, the repacking llama.cpp does for its
+  interleaved ``Q4_0_8x8`` types), so the innermost loop runs over ``TILE`` rows and compiles to 16-lane
+  SIMD: one 32-bit word of each of 16 rows per instruction. A code is taken out *without a shift*: ``w & (15
+  << 4t)`` converts to the float ``q·16ᵗ`` exactly, and the activation it multiplies was divided by ``16ᵗ``
+  beforehand (exact: a power of two), so each code costs one AND, one conversion and one fused multiply-add.
+  Per 64 codes it applies ``y += s·(Σ q·x) − s·z·Σx``.
 * :func:`gemm_ternary_lut` — the lookup-table kernel in the style of bitnet.cpp's TL1 and T-MAC: for every
   pair of activations ``(x₂ⱼ, x₂ⱼ₊₁)`` a 16-entry table holds ``(c₀−1)x₂ⱼ + (c₁−1)x₂ⱼ₊₁`` for each 4-bit
   pattern ``c₀ + 4c₁`` of two 2-bit codes, so a weight byte becomes two table reads and two additions and no
@@ -57,7 +65,13 @@ except ImportError:  # pragma: no cover - exercised on machines without numba
     AVAILABLE = False
 
 __all__ = ["AVAILABLE", "set_threads", "gemm_affine", "gemm_ternary", "gemm_ternary_lut", "gemm_binary",
-           "ternary_lut_tables", "gemm_aqlm8", "FORMATS"]
+           "ternary_lut_tables", "gemm_aqlm8", "FORMATS", "TILE", "AffineTiles", "prepare_affine",
+           "prepare_ternary", "gemm_tiles"]
+
+#: output rows per tile of :func:`prepare_affine`'s layout (the innermost, vectorized loop)
+TILE = 64
+#: codes per chunk: each chunk of a tile row shares one scale and zero
+CHUNK = 64
 
 #: the formats this module has a kernel for
 FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary", "aqlm-2x8")
@@ -213,6 +227,127 @@ if AVAILABLE:
                 y[b, r] = scales[r] * acc
         return y
 
+    def _tiles4(xs, xsum, w, s, sz, s0, sz0, cpg, out):
+        # w [tiles, K/8, TILE] int32: word j of a tile row holds codes 8j..8j+7 (code t at bits 4t..4t+3);
+        # xs[b, 8j + t] = x[b, 8j + t] / 16^t (t < 7), x for t = 7 (taken with a shift: the sign bit);
+        # s, sz [tiles, groups, TILE] (or empty: one scale s0 and s0·z0 = sz0); xsum[b, c] = Σ of chunk c
+        b_count = xs.shape[0]
+        tiles, words, tw = w.shape
+        nchunks = words // 8
+        per_group = s.shape[1] > 0
+        m = np.int32(15)
+        for tl in prange(tiles):
+            acc = np.empty(tw, np.float32)
+            yv = np.empty(tw, np.float32)
+            for b in range(b_count):
+                yv[:] = 0
+                for c in range(nchunks):
+                    acc[:] = 0
+                    for u in range(8):
+                        j = c * 8 + u
+                        o = j * 8
+                        x0 = xs[b, o]
+                        x1 = xs[b, o + 1]
+                        x2 = xs[b, o + 2]
+                        x3 = xs[b, o + 3]
+                        x4 = xs[b, o + 4]
+                        x5 = xs[b, o + 5]
+                        x6 = xs[b, o + 6]
+                        x7 = xs[b, o + 7]
+                        wr = w[tl, j]
+                        for r in range(tw):
+                            q = wr[r]
+                            # np.int32 around each masked word keeps the vector lanes 32-bit (numba widens
+                            # integer arithmetic to 64 bits; the truncation lets LLVM narrow it back)
+                            acc[r] += (np.float32(np.int32(q & m)) * x0
+                                       + np.float32(np.int32(q & np.int32(0xF0))) * x1
+                                       + np.float32(np.int32(q & np.int32(0xF00))) * x2
+                                       + np.float32(np.int32(q & np.int32(0xF000))) * x3
+                                       + np.float32(np.int32(q & np.int32(0xF0000))) * x4
+                                       + np.float32(np.int32(q & np.int32(0xF00000))) * x5
+                                       + np.float32(np.int32(q & np.int32(0xF000000))) * x6
+                                       + np.float32(np.int32((q >> 28) & m)) * x7)
+                    xc = xsum[b, c]
+                    if per_group:
+                        sr = s[tl, c // cpg]
+                        zr = sz[tl, c // cpg]
+                        for r in range(tw):
+                            yv[r] += sr[r] * acc[r] - zr[r] * xc
+                    else:
+                        for r in range(tw):
+                            yv[r] += s0 * acc[r] - sz0 * xc
+                out[b, tl * tw:(tl + 1) * tw] = yv
+
+    def _tiles2(xs, xsum, w, s, sz, s0, sz0, cpg, out):
+        # as _tiles4 with 16 two-bit codes per word: xs[b, 16j + t] = x / 4^t (t < 15), x for t = 15
+        b_count = xs.shape[0]
+        tiles, words, tw = w.shape
+        nchunks = words // 4
+        per_group = s.shape[1] > 0
+        m = np.int32(3)
+        for tl in prange(tiles):
+            acc = np.empty(tw, np.float32)
+            yv = np.empty(tw, np.float32)
+            for b in range(b_count):
+                yv[:] = 0
+                for c in range(nchunks):
+                    acc[:] = 0
+                    for u in range(4):
+                        j = c * 4 + u
+                        o = j * 16
+                        x0 = xs[b, o]
+                        x1 = xs[b, o + 1]
+                        x2 = xs[b, o + 2]
+                        x3 = xs[b, o + 3]
+                        x4 = xs[b, o + 4]
+                        x5 = xs[b, o + 5]
+                        x6 = xs[b, o + 6]
+                        x7 = xs[b, o + 7]
+                        x8 = xs[b, o + 8]
+                        x9 = xs[b, o + 9]
+                        x10 = xs[b, o + 10]
+                        x11 = xs[b, o + 11]
+                        x12 = xs[b, o + 12]
+                        x13 = xs[b, o + 13]
+                        x14 = xs[b, o + 14]
+                        x15 = xs[b, o + 15]
+                        wr = w[tl, j]
+                        for r in range(tw):
+                            q = wr[r]
+                            acc[r] += (np.float32(np.int32(q & m)) * x0
+                                       + np.float32(np.int32(q & np.int32(0xC))) * x1
+                                       + np.float32(np.int32(q & np.int32(0x30))) * x2
+                                       + np.float32(np.int32(q & np.int32(0xC0))) * x3
+                                       + np.float32(np.int32(q & np.int32(0x300))) * x4
+                                       + np.float32(np.int32(q & np.int32(0xC00))) * x5
+                                       + np.float32(np.int32(q & np.int32(0x3000))) * x6
+                                       + np.float32(np.int32(q & np.int32(0xC000))) * x7
+                                       + np.float32(np.int32(q & np.int32(0x30000))) * x8
+                                       + np.float32(np.int32(q & np.int32(0xC0000))) * x9
+                                       + np.float32(np.int32(q & np.int32(0x300000))) * x10
+                                       + np.float32(np.int32(q & np.int32(0xC00000))) * x11
+                                       + np.float32(np.int32(q & np.int32(0x3000000))) * x12
+                                       + np.float32(np.int32(q & np.int32(0xC000000))) * x13
+                                       + np.float32(np.int32(q & np.int32(0x30000000))) * x14
+                                       + np.float32(np.int32((q >> 30) & m)) * x15)
+                    xc = xsum[b, c]
+                    if per_group:
+                        sr = s[tl, c // cpg]
+                        zr = sz[tl, c // cpg]
+                        for r in range(tw):
+                            yv[r] += sr[r] * acc[r] - zr[r] * xc
+                    else:
+                        for r in range(tw):
+                            yv[r] += s0 * acc[r] - sz0 * xc
+                out[b, tl * tw:(tl + 1) * tw] = yv
+
+    # one parallel build (prange over tiles) and one serial build of each: at one thread the serial one
+    # skips the thread pool's launch, which costs more than a small layer's whole product
+    _TILE_KERNELS = {
+        (bits, par): njit(parallel=par, fastmath=True, boundscheck=False, cache=True)(fn)
+        for bits, fn in ((4, _tiles4), (2, _tiles2)) for par in (False, True)
+    }
+
     @njit(parallel=True, cache=True)
     def _binary(w_words, x_words, n):
         rows, words = w_words.shape
@@ -306,6 +441,118 @@ def gemm_ternary_lut(x: torch.Tensor, packed: torch.Tensor, shape: tuple[int, in
     xb, vec = _as_batch(x, k)
     tables = _lut_tables(xb)
     return _out(_ternary_lut(tables, packed.numpy(), np.float32(float(gamma)), n, k), vec)
+
+
+class AffineTiles:
+    """A packed int4/int2 (or 2-bit ternary) weight laid out for :func:`gemm_tiles`; build it with
+    :func:`prepare_affine` or :func:`prepare_ternary` (once per weight: it copies the codes).
+
+    Attributes: ``bits``, ``shape`` ``(N, K)``, ``words`` (``int32 [tiles, K·bits/32, TILE]``; the last
+    tile is filled with zero codes past row ``N``), ``scale`` and ``scaled_zero`` (``float32 [tiles,
+    K/group, TILE]``: ``s`` and ``s·z`` per group, or empty with one ``scalar`` pair for one scale),
+    ``chunks_per_group``.
+    """
+
+    def __init__(self, bits: int, shape: tuple[int, int], words: np.ndarray, scale: np.ndarray,
+                 scaled_zero: np.ndarray, scalar: tuple[float, float], chunks_per_group: int) -> None:
+        self.bits, self.shape, self.words = bits, shape, words
+        self.scale, self.scaled_zero, self.scalar = scale, scaled_zero, scalar
+        self.chunks_per_group = chunks_per_group
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes one product reads: the codes plus the float32 scales and scaled zeros (padding included)."""
+        return int(self.words.nbytes + self.scale.nbytes + self.scaled_zero.nbytes)
+
+    def __repr__(self) -> str:
+        return (f"AffineTiles(bits={self.bits}, shape={self.shape}, tiles={self.words.shape[0]}, "
+                f"nbytes={self.nbytes})")
+
+
+def _tile_rows(a: np.ndarray, n: int) -> np.ndarray:
+    """``a [N, m]`` → ``[tiles, m, TILE]`` (rows past ``N`` zero): row ``r`` becomes lane ``r % TILE``."""
+    tiles = -(-n // TILE)
+    padded = np.zeros((tiles * TILE, a.shape[1]), dtype=a.dtype)
+    padded[:n] = a
+    return np.ascontiguousarray(padded.reshape(tiles, TILE, a.shape[1]).transpose(0, 2, 1))
+
+
+def tiles_supported(bits: int, shape: tuple[int, int], group: int) -> bool:
+    """Whether :func:`prepare_affine` takes this weight: ``bits`` 2 or 4, ``in_features`` a multiple of 64
+    and groups of whole 64-code chunks inside a row (a multiple of 64 dividing ``K``, or the whole tensor)."""
+    n, k = shape
+    return bits in (2, 4) and k % CHUNK == 0 and (group == n * k or (group % CHUNK == 0 and k % group == 0))
+
+
+def prepare_affine(packed: torch.Tensor, bits: int, shape: tuple[int, int], group: int, scale: torch.Tensor,
+                   zero: torch.Tensor) -> AffineTiles:
+    """Lay out an affine int4/int2 weight (the arguments of :func:`gemm_affine`) for :func:`gemm_tiles`.
+
+    Raises ``ValueError`` for weights :func:`tiles_supported` rejects (use :func:`gemm_affine` for those).
+
+    >>> import torch
+    >>> from qcourse import packing
+    >>> codes = torch.arange(128, dtype=torch.uint8).reshape(2, 64) % 16
+    >>> t = prepare_affine(packing.pack(codes, 4), 4, (2, 64), 64, torch.tensor([0.5, 1.0]),
+    ...                    torch.tensor([8.0, 0.0]))
+    >>> t.words.shape, t.scale.shape
+    ((1, 8, 64), (1, 1, 64))
+    """
+    _require()
+    n, k = reference._check_affine(packed, bits, shape, group, scale, zero)
+    if not tiles_supported(bits, (n, k), group):
+        raise ValueError(f"the tiled kernel needs bits 2 or 4, in_features % {CHUNK} == 0 and groups of "
+                         f"whole {CHUNK}-code chunks; got bits={bits}, shape={(n, k)}, group={group}")
+    words = _tile_rows(packed.numpy().view(np.int32).reshape(n, k * bits // 32), n)
+    s = scale.detach().reshape(-1).to(torch.float32).numpy()
+    z = zero.detach().reshape(-1).to(torch.float32).numpy()
+    if group == n * k:
+        empty = np.zeros((words.shape[0], 0, TILE), np.float32)
+        return AffineTiles(bits, (n, k), words, empty, empty, (float(s[0]), float(s[0] * z[0])), 1)
+    per_row = k // group
+    sr = s.reshape(n, per_row)
+    return AffineTiles(bits, (n, k), words, _tile_rows(sr, n), _tile_rows(sr * z.reshape(n, per_row), n),
+                       (0.0, 0.0), group // CHUNK)
+
+
+def prepare_ternary(packed: torch.Tensor, shape: tuple[int, int], gamma: torch.Tensor | float) -> AffineTiles:
+    """Lay out trits in the 2-bit packing (codes ``t + 1``, one ``γ``) for :func:`gemm_tiles`."""
+    n, k = _check_ternary(packed, shape)
+    one = torch.ones(1)
+    return prepare_affine(packed, 2, (n, k), n * k, one * float(gamma), one)
+
+
+def gemm_tiles(x: torch.Tensor, tiles: AffineTiles) -> torch.Tensor:
+    """``x Ŵᵀ`` from an :class:`AffineTiles` weight; ``x`` is ``[K]`` or ``[batch, K]``, result float32.
+
+    >>> import torch
+    >>> from qcourse import packing
+    >>> from qcourse.kernels import reference
+    >>> codes = torch.arange(6 * 128, dtype=torch.uint8).reshape(6, 128) % 4
+    >>> args = (packing.pack(codes, 2), 2, (6, 128), 64, torch.rand(12), torch.randint(0, 4, (12,)).float())
+    >>> x = torch.randn(3, 128)
+    >>> torch.allclose(gemm_tiles(x, prepare_affine(*args)), reference.gemm_affine(x, *args), atol=1e-4)
+    True
+    """
+    _require()
+    if not isinstance(tiles, AffineTiles):
+        raise TypeError(f"tiles must be an AffineTiles from prepare_affine; got {type(tiles).__name__}")
+    n, k = tiles.shape
+    xb, vec = _as_batch(x, k)
+    per = 32 // tiles.bits  # codes per word
+    step = np.float32(2.0 ** tiles.bits)
+    # divide code t of every word by 2^(bits·t) (exact) so that the masked, unshifted code converts to it;
+    # the top code is shifted down instead (its mask would set the sign bit)
+    pre = (np.float32(1.0) / step ** np.arange(per, dtype=np.float32)).astype(np.float32)
+    pre[-1] = 1.0
+    xs = np.ascontiguousarray((xb.reshape(xb.shape[0], k // per, per) * pre).reshape(xb.shape[0], k))
+    xsum = xb.reshape(xb.shape[0], k // CHUNK, CHUNK).sum(axis=2, dtype=np.float32)
+    out = np.empty((xb.shape[0], tiles.words.shape[0] * TILE), dtype=np.float32)
+    kernel = _TILE_KERNELS[tiles.bits, numba.get_num_threads() > 1]
+    s0, sz0 = tiles.scalar
+    kernel(xs, xsum, tiles.words, tiles.scale, tiles.scaled_zero, np.float32(s0), np.float32(sz0),
+           tiles.chunks_per_group, out)
+    return _out(np.ascontiguousarray(out[:, :n]), vec)
 
 
 def gemm_aqlm8(x: torch.Tensor, qweight) -> torch.Tensor:

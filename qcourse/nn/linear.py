@@ -120,6 +120,7 @@ class QuantLinear(nn.Module):
         self.out_features, self.in_features = int(shape[0]), int(shape[1])
         self.cache = cache
         self._cached: torch.Tensor | None = None
+        self._plan: tuple[str, str | None, Any] | None = None
         if bias is None:
             self.register_parameter("bias", None)
         else:
@@ -169,8 +170,23 @@ class QuantLinear(nn.Module):
         return self._decoded(torch.float32, device)
 
     def clear_cache(self) -> None:
-        """Drop the cached float weight (it is rebuilt on the next forward if :attr:`cache` is true)."""
+        """Drop the cached float weight (it is rebuilt on the next forward if :attr:`cache` is true) and the
+        kernel's layout of the codes (rebuilt on the next kernel forward)."""
         self._cached = None
+        self._plan = None
+
+    def _kernel_plan(self) -> tuple[str | None, Any]:
+        """``(numba kernel name or None, kernels.prepare(qweight) or None)`` for :attr:`kernel`, computed
+        once: the tiled layout is a second copy of the codes (as many bytes as the packed weight, plus float32
+        scales), never a float copy of the weight."""
+        from qcourse import kernels
+
+        plan = getattr(self, "_plan", None)
+        if plan is None or plan[0] != self.kernel:
+            name = kernels.kernel_name(self.qweight)
+            prepared = kernels.prepare(self.qweight) if self.kernel in ("auto", "cpu") and name else None
+            plan = self._plan = (self.kernel, name, prepared)
+        return plan[1], plan[2]
 
     def _decoded(self, dtype: torch.dtype, device: torch.device | None) -> torch.Tensor:
         c = self._cached
@@ -197,8 +213,9 @@ class QuantLinear(nn.Module):
         if self.kernel != "decode" and not (torch.is_grad_enabled() and x.requires_grad):
             from qcourse import kernels
 
-            if self.kernel != "auto" or kernels.kernel_name(self.qweight) is not None:
-                y = kernels.matmul(x, self.qweight, backend=self.kernel)
+            name, prepared = self._kernel_plan()
+            if self.kernel != "auto" or name is not None:
+                y = kernels.matmul(x, self.qweight, backend=self.kernel, prepared=prepared)
                 return y if bias is None else y + bias
         w = self._decoded(x.dtype, x.device)
         return F.linear(x, w, bias)
