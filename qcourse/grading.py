@@ -148,8 +148,10 @@ class Lesson:
 
 def _parse(source: str) -> ast.Module | None:
     try:
-        return ast.parse(exercises._python_source(source))
-    except SyntaxError:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # IPython's transformer warns about odd line endings
+            return ast.parse(exercises._python_source(source))
+    except (SyntaxError, ValueError):  # ValueError: a NUL byte in a student's cell
         return None
 
 

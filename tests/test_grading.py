@@ -12,7 +12,9 @@ hashed before and after: nothing is modified or added.
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -21,6 +23,8 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from qcourse import exercises, grading
 from qcourse.checks import l01_formats, l07_rate_distortion
@@ -355,6 +359,52 @@ def test_read_submission_errors(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(grading.SubmissionError, match="^" + message):
             grading.read_submission(tmp_path / name)
+
+
+_JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=20),
+                     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
+                                                                                 max_size=4),
+                     max_leaves=20)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_file_is_graded_or_reported(tmp_path, data):
+    """Whatever a file holds, reading, recognising and planning it either works or says why."""
+    base = nbformat.writes(_exercise(L07))
+    kind = data.draw(st.sampled_from(["bytes", "json", "cells", "truncated", "source"]))
+    if kind == "bytes":
+        blob = data.draw(st.binary(max_size=200))
+    elif kind == "json":
+        blob = json.dumps(data.draw(_JSON)).encode()
+    elif kind == "cells":  # a notebook whose cells are arbitrary JSON
+        raw = json.loads(base)
+        raw["cells"] = data.draw(st.lists(_JSON, max_size=4))
+        blob = json.dumps(raw).encode()
+    elif kind == "truncated":
+        blob = base.encode()[:data.draw(st.integers(0, len(base) - 1))]
+    else:  # a real notebook whose exercise cell holds arbitrary text
+        raw = json.loads(base)
+        raw["cells"][4]["source"] = data.draw(st.text(max_size=60))
+        blob = json.dumps(raw).encode()
+    path = tmp_path / "sub.ipynb"
+    path.write_bytes(blob)
+    lessons = _lessons()
+    try:
+        nb = grading.read_submission(path)
+    except grading.SubmissionError as exc:
+        assert str(exc)
+        return
+    stem, why = grading.identify_lesson(nb, lessons)
+    assert why
+    if stem is not None:
+        steps = grading._plan(lessons[stem], nb)
+        assert [s.kind for s in steps].count("check") == len(lessons[stem].checks)
+
+
+@functools.cache
+def _lessons() -> dict[str, grading.Lesson]:
+    return grading.course_lessons(ROOT)[0]  # once: generating every exercise takes ~0.5 s
 
 
 def test_grade_rejects_bad_arguments(tmp_path):
