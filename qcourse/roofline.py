@@ -240,7 +240,7 @@ def plot_roofline(peak_gflops: float, bandwidth_gb_s: float, points: Sequence[di
         ax.loglog(p["intensity"], p["gflops"], "o", ms=7, label=f"{p['label']} ({p['gb_s']:.1f} GB/s)")
     ax.set(xlabel="arithmetic intensity (flop per weight byte)", ylabel="GFLOP/s",
            title=title or "batch-1 GEMV on the roofline of this machine")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     return fig
 
@@ -263,6 +263,13 @@ def plot_bits(rows: Sequence[dict], baseline_seconds: float, baseline_bits: floa
         a1.loglog(r["bits_per_weight"], baseline_seconds / r["seconds"], "o", label=r["label"])
         a2.semilogx(r["bits_per_weight"], r["gb_s"], "o", label=r["label"])
     a1.axhline(1.0, color="0.6", lw=1)
+    from matplotlib.ticker import FixedLocator, NullLocator, ScalarFormatter
+
+    ticks = [t for t in (1, 2, 3, 4, 8, 16, 32) if t <= baseline_bits]
+    for ax in (a1, a2):
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(ScalarFormatter())
     a1.set(xlabel="bits per weight (codes + scales)", ylabel="speed-up over torch fp32",
            title="time: fewer bits should mean less time")
     if bandwidth_gb_s is not None:
