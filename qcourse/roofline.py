@@ -25,6 +25,7 @@ needs to keep its multipliers busy, so its speed is set by memory bandwidth alon
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -151,10 +152,11 @@ def time_cycled(fn: Callable[..., Any], args_per_copy: Sequence[tuple], repeats:
 
 def time_gemv(label: str, fn: Callable[..., Any], args: tuple, weight_index: int | Sequence[int],
               shape: tuple[int, int], repeats: int = 5, batch: int = 1, min_bytes: int = 64 * 2**20) -> dict:
-    """Time ``fn(*args)`` — a GEMV whose weight is ``args[i]`` for ``i`` in ``weight_index`` (tensors or numpy
-    arrays: codes, scales, zeros) — over enough copies of the weight (:func:`copies_for`) that no call
-    reads a copy still in the cache, and return its :func:`gemv_point`. The weight bytes are what those
-    arguments hold: every byte the kernel must read, metadata included.
+    """Time ``fn(*args)`` — a GEMV whose weight is ``args[i]`` for ``i`` in ``weight_index`` (tensors, numpy
+    arrays, or objects with an ``nbytes`` attribute such as a kernel's prepared weight: codes, scales,
+    zeros) — over enough copies of the weight (:func:`copies_for`) that no call reads a copy still in the
+    cache, and return its :func:`gemv_point`. The weight bytes are what those arguments hold: every byte the
+    kernel must read, metadata included.
 
     >>> import torch
     >>> w, x = torch.randn(64, 32), torch.randn(32)
@@ -174,16 +176,18 @@ def time_gemv(label: str, fn: Callable[..., Any], args: tuple, weight_index: int
         a = args[i]
         if isinstance(a, torch.Tensor):
             nbytes += a.numel() * a.element_size()
-        elif isinstance(a, np.ndarray):
-            nbytes += a.nbytes
+        elif isinstance(getattr(a, "nbytes", None), int | np.integer) and not isinstance(a, bool):
+            nbytes += int(a.nbytes)
         else:
-            raise TypeError(f"args[{i}] must be a tensor or numpy array (part of the weight); "
-                            f"got {type(a).__name__}")
+            raise TypeError(f"args[{i}] must be a tensor, a numpy array or an object with nbytes (part of "
+                            f"the weight); got {type(a).__name__}")
+
+    def dup(a: Any) -> Any:
+        return a.clone() if isinstance(a, torch.Tensor) else copy.deepcopy(a)
+
     copies = [tuple(args)]
     for _ in range(copies_for(nbytes, min_bytes) - 1):
-        copies.append(tuple(a.copy() if isinstance(a, np.ndarray) and j in idx else
-                            a.clone() if isinstance(a, torch.Tensor) and j in idx else a
-                            for j, a in enumerate(args)))
+        copies.append(tuple(dup(a) if j in idx else a for j, a in enumerate(args)))
     seconds = time_cycled(fn, copies, repeats)
     return gemv_point(label, nbytes, int(shape[0]), int(shape[1]), seconds, batch=batch)
 

@@ -125,3 +125,20 @@ def test_time_gemv_counts_every_weight_argument_and_copies_only_those() -> None:
         R.time_gemv("w", fn, (x, codes, scale), 3, (10, 100))
     with pytest.raises(TypeError, match="args"):
         R.time_gemv("w", fn, (x, 5, scale), 1, (10, 100))
+
+
+def test_time_gemv_copies_prepared_weights_with_nbytes() -> None:
+    import numpy as np
+
+    class Prepared:
+        def __init__(self) -> None:
+            self.words = np.zeros(500, dtype=np.int32)
+
+        @property
+        def nbytes(self) -> int:
+            return self.words.nbytes
+
+    seen: list[int] = []
+    p = R.time_gemv("tiles", lambda x, t: seen.append(id(t.words)), (None, Prepared()), 1, (10, 200),
+                    repeats=3, min_bytes=4000)
+    assert p["weight_bytes"] == 2000 and len(set(seen)) == 2
