@@ -556,10 +556,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     status (0 in sync, 1 out of sync or edited files kept, 2 bad input). ``grade DIR ...`` grades submitted
     exercise notebooks (see :mod:`qcourse.grading`)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["grade"]:
+    # `grade` has its own parser; options given before it (`--root DIR grade SUBS`) go with it
+    at = next((i for i, a in enumerate(argv) if a == "grade" and (i == 0 or argv[i - 1] != "--root")), None)
+    if at is not None:
         from qcourse import grading  # same layer; imported here so build/check never load nbclient
 
-        return grading.main(argv[1:])
+        return grading.main(argv[at + 1:] + argv[:at])
     parser = argparse.ArgumentParser(
         prog="python -m qcourse.exercises",
         description="Generate exercises/ from solutions/ (build), or verify they are in sync (check). "
@@ -573,9 +575,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help=f"build: also regenerate exercises edited by hand, after moving each to "
                              f"exercises/{BACKUP_DIR}/NN_slug.<UTC time>.ipynb")
     args = parser.parse_args(argv)
-    if args.command == "grade":
-        parser.error("grade takes its own arguments and goes first: python -m qcourse.exercises grade DIR "
-                     "[--out grades.csv] [--timeout 120] [--root COURSE]")
     if args.force and args.command != "build":
         parser.error("--force goes with build")
     try:

@@ -465,6 +465,13 @@ def test_cli_bad_arguments_exit_2_naming_the_argument(tmp_path, monkeypatch, cap
     assert not list((tmp_path / "subs").iterdir()) and not (tmp_path / "grades.csv").exists()
 
 
+def test_options_before_grade_go_with_it(tmp_path, monkeypatch, capsys):
+    (tmp_path / "subs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert exercises.main(["--root", str(ROOT), "grade", "subs", "--out", "g.csv"]) == 0
+    assert "0 check(s)" in capsys.readouterr().out and (tmp_path / "g.csv").read_text().startswith("student,")
+
+
 def test_exercises_cli_lists_grade(capsys):
     with pytest.raises(SystemExit) as exc:
         exercises.main(["--help"])
