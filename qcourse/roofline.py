@@ -67,7 +67,7 @@ def _median_seconds(fn: Callable[[], Any], repeats: int) -> float:
     return sorted(times)[len(times) // 2]
 
 
-def copy_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
+def copy_bandwidth(nbytes: int = 128 * 2**20, repeats: int = 5) -> float:
     """Memory bandwidth in GB/s (10⁹ bytes/s): bytes read plus bytes written by one ``nbytes`` tensor copy,
     median of ``repeats``. Keep ``nbytes`` well above the last-level cache (tens of MiB) or the cache is
     measured instead of memory.
@@ -82,7 +82,7 @@ def copy_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
     return 2 * nbytes / _median_seconds(lambda: dst.copy_(src), repeats) / 1e9
 
 
-def read_bandwidth(nbytes: int = 64 * 2**20, repeats: int = 5) -> float:
+def read_bandwidth(nbytes: int = 128 * 2**20, repeats: int = 5) -> float:
     """Read bandwidth in GB/s: a float32 dot product of an ``nbytes`` vector with itself (BLAS ``sdot``, one
     stream read once, vectorized, so memory-bound), median of ``repeats``. A batch-1 GEMV only reads its
     weights, so this is its roof; a copy (:func:`copy_bandwidth`) also writes.
@@ -112,12 +112,12 @@ def matmul_peak(n: int = 1024, repeats: int = 3) -> float:
     return 2 * n**3 / _median_seconds(lambda: torch.mm(a, b), repeats) / 1e9
 
 
-def copies_for(weight_bytes: float, min_bytes: int = 64 * 2**20) -> int:
+def copies_for(weight_bytes: float, min_bytes: int = 128 * 2**20) -> int:
     """How many copies of a weight to cycle through so that at least ``min_bytes`` are read between two
     uses of one copy (beyond the last-level cache: a reused copy would be timed from cache).
 
-    >>> copies_for(8 * 2**20), copies_for(64 * 2**20), copies_for(100 * 2**20)
-    (8, 1, 1)
+    >>> copies_for(8 * 2**20), copies_for(128 * 2**20), copies_for(200 * 2**20)
+    (16, 1, 1)
     """
     _positive("weight_bytes", weight_bytes)
     if isinstance(min_bytes, bool) or not isinstance(min_bytes, int) or min_bytes < 0:
@@ -151,7 +151,7 @@ def time_cycled(fn: Callable[..., Any], args_per_copy: Sequence[tuple], repeats:
 
 
 def time_gemv(label: str, fn: Callable[..., Any], args: tuple, weight_index: int | Sequence[int],
-              shape: tuple[int, int], repeats: int = 5, batch: int = 1, min_bytes: int = 64 * 2**20) -> dict:
+              shape: tuple[int, int], repeats: int = 5, batch: int = 1, min_bytes: int = 128 * 2**20) -> dict:
     """Time ``fn(*args)`` — a GEMV whose weight is ``args[i]`` for ``i`` in ``weight_index`` (tensors, numpy
     arrays, or objects with an ``nbytes`` attribute such as a kernel's prepared weight: codes, scales,
     zeros) — over enough copies of the weight (:func:`copies_for`) that no call reads a copy still in the
