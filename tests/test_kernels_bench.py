@@ -13,7 +13,7 @@ from qcourse.bench import kernels  # noqa: E402
 
 def test_bench_rows_cover_every_format_thread_and_batch():
     out = kernels.main(["--size", "64", "--threads", "1", "--batches", "1,3", "--repeats", "1",
-                        "--min-bytes", "2048"])
+                        "--min-bytes", "2048", "--decode-models", "none"])
     assert out["copy_gb_s"] > 0 and out["matmul_gflops"] > 0
     got = {(r["format"], r["threads"], r["batch"]) for r in out["rows"]}
     assert got == {(f, 1, b) for f in kernels.FORMATS for b in (1, 3)}
@@ -24,7 +24,20 @@ def test_bench_rows_cover_every_format_thread_and_batch():
         assert r["bandwidth_fraction"] == pytest.approx(r["gb_s"] / out["copy_gb_s"])
         # 64x64 int4 = 2048 bytes: one copy reaches --min-bytes; binary (512 bytes) needs four
         assert r["copies"] == {"int4": 1, "int2": 2, "binary": 4}.get(r["format"], 2)  # aqlm-2x8: 2 bits
-    assert out["missing"] == ["e8p"]
+    assert out["missing"] == list(kernels.MISSING) and out["decode"] == []
+
+
+def test_bench_decode_rows_compare_float_and_packed_models():
+    out = kernels.main(["--size", "64", "--threads", "1", "--batches", "1", "--repeats", "1",
+                        "--min-bytes", "0", "--formats", "int4", "--decode-models", "austen",
+                        "--decode-bits", "4,2", "--decode-tokens", "3", "--decode-repeats", "1"])
+    rows = out["decode"]
+    assert [(r["model"], r["bits"], r["threads"]) for r in rows] == [("austen", 4, 1), ("austen", 2, 1)]
+    for r in rows:
+        assert r["speedup"] == pytest.approx(r["tokens_per_second"] / r["float_tokens_per_second"])
+        assert r["new_tokens"] == 3 and r["text"].startswith(out["decode_prompt"])
+        assert r["float_text"].startswith(out["decode_prompt"]) and r["head"] == "float"
+    assert rows[0]["kernels"] == ["int4"] and rows[1]["kernels"] == ["int2"]
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -32,6 +45,8 @@ def test_bench_rows_cover_every_format_thread_and_batch():
     (["--formats", "int3"], "formats must be among"),
     (["--batches", "0"], "must be a positive integer"),
     (["--threads", "999"], "--threads at most"),
+    (["--decode-models", "gpt2"], "decode models must be among"),
+    (["--decode-bits", "3"], "--decode-bits must be among"),
 ])
 def test_bench_bad_arguments(argv, msg):
     with pytest.raises(UsageError, match=msg):

@@ -11,13 +11,19 @@ count and batch size the benchmark times the numba kernel of :mod:`qcourse.kerne
   roofline's memory limit; ``matmul_gflops``: a float32 ``torch.mm`` of 2048² matrices (``2n³`` flops);
   both at one thread, and per thread count under ``limits``.
 * per row: ``seconds`` (kernel, including the activation packing the kernel needs), ``torch_seconds``,
-  ``speedup = torch_seconds / seconds``, ``gb_s`` = packed weight bytes (codes + scales + zeros) per
-  second, ``bandwidth_fraction = gb_s / copy_gb_s`` at that thread count.
+  ``speedup = torch_seconds / seconds``, ``gb_s`` = weight bytes the kernel reads per second,
+  ``bandwidth_fraction = gb_s / copy_gb_s`` at that thread count. ``int4``, ``int2`` and ``ternary`` run
+  the tiled kernels (:func:`qcourse.kernels.cpu.prepare_affine`), whose bytes are the codes plus float32
+  scales and scaled zeros (``int4``: 4.5 bits per weight read, ``int2``: 2.5; stored: 4.375 and 2.375).
+* ``decode``: greedy decoding at batch 1 (:func:`qcourse.lm.decode.decode_speed`, same prompt and
+  number of new tokens) of each model in ``--decode-models``, float against every linear of its blocks
+  packed by :func:`qcourse.lm.decode.pack_model` (RTN, groups of 64 inputs; the output head stays float,
+  as in the course's tables), at 4 and 2 bits and every thread count: ``tokens_per_second``,
+  ``float_tokens_per_second``, ``speedup``.
 
 A weight smaller than 64 MiB would sit in the last-level cache after the first call and be timed faster than
 memory allows, so each format cycles through enough distinct copies of its packed weight to read at least
-64 MiB between two uses of one copy. Formats without a CPU kernel yet (``e8p``) are listed
-under ``missing``; end-to-end decoding (``decode``) is not measured by this version (empty list).
+64 MiB between two uses of one copy. Formats without a CPU kernel yet are listed under ``missing``.
 """
 
 from __future__ import annotations
@@ -110,22 +116,25 @@ def _kernel(fmt: str, n: int, k: int, copies: int, rng: np.random.Generator
     nbytes = n * k * bits // 8
     levels = 2**bits if fmt.startswith("int") else 3  # trits are codes 0, 1, 2
     first = packing.pack(torch.from_numpy(rng.integers(0, levels, n * k, dtype=np.uint8)), bits)
-    packed = [first] + [first.clone() for _ in range(copies - 1)]
+    if fmt == "ternary-lut":
+        packed = [first] + [first.clone() for _ in range(copies - 1)]
+
+        def run(x: torch.Tensor) -> Any:
+            return cpu.gemm_ternary_lut(x, nxt(packed), (n, k), 0.5)
+
+        return run, nbytes + 4
     if fmt.startswith("int"):
         ng = n * k // GROUP
         scale = torch.from_numpy(rng.random(ng, dtype=np.float32)).half().float()
         zero = torch.from_numpy(rng.integers(0, 2**bits, ng).astype(np.float32))
-
-        def run(x: torch.Tensor) -> Any:
-            return cpu.gemm_affine(x, nxt(packed), bits, (n, k), GROUP, scale, zero)
-
-        return run, nbytes + ng * (2 + bits / 8)
-    fn = cpu.gemm_ternary if fmt == "ternary" else cpu.gemm_ternary_lut
+        tiles = [cpu.prepare_affine(first, bits, (n, k), GROUP, scale, zero) for _ in range(copies)]
+    else:
+        tiles = [cpu.prepare_ternary(first, (n, k), 0.5) for _ in range(copies)]
 
     def run(x: torch.Tensor) -> Any:
-        return fn(x, nxt(packed), (n, k), 0.5)
+        return cpu.gemm_tiles(x, nxt(tiles))
 
-    return run, nbytes + 4
+    return run, tiles[0].nbytes
 
 
 def main(argv: Sequence[str] = ()) -> dict[str, Any]:
@@ -138,7 +147,15 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
     p.add_argument("--min-bytes", type=non_negative_int, default=64 * 2**20,
                    help="bytes read between two uses of one weight copy (64 MiB, beats the cache)")
     p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--decode-models", type=_model_list, default=["austen", "smollm2-135m"],
+                   help="models for the decoding rows, comma-separated, or 'none' (austen,smollm2-135m; "
+                        "SmolLM2 only when its wheel is installed)")
+    p.add_argument("--decode-bits", type=_int_list, default=[4, 2], help="packed widths (4,2)")
+    p.add_argument("--decode-tokens", type=positive_int, default=16, help="new tokens per run (16)")
+    p.add_argument("--decode-repeats", type=positive_int, default=2, help="timed runs per figure (2)")
     args = p.parse_args(list(argv))
+    if any(b not in (2, 4) for b in args.decode_bits):
+        p.fail(f"--decode-bits must be among 4,2; got {args.decode_bits}")
     if args.size % 64:
         p.fail(f"--size must be a multiple of 64 (the int4/int2 group); got {args.size}")
     from qcourse.kernels import cpu
@@ -185,7 +202,56 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
     finally:
         torch.set_num_threads(prev_torch)
         numba.set_num_threads(prev_numba)
+    decode_rows = _decode_rows(args.decode_models, args.decode_bits, args.threads, args.decode_tokens,
+                               args.decode_repeats)
     first = limits[str(args.threads[0])]
     return {"benchmark": "kernels", "machine": machine_info(args.threads[0]),
             "copy_gb_s": first["copy_gb_s"], "matmul_gflops": first["matmul_gflops"], "limits": limits,
-            "group_size": GROUP, "rows": rows, "missing": list(MISSING), "decode": []}
+            "group_size": GROUP, "rows": rows, "missing": list(MISSING), "decode": decode_rows,
+            "decode_prompt": DECODE_PROMPT}
+
+
+#: the prompt every decoding row continues
+DECODE_PROMPT = "It is a truth universally acknowledged"
+DECODE_MODELS = ("austen", "smollm2-135m")
+
+
+def _model_list(text: str) -> list[str]:
+    if text == "none":
+        return []
+    names = text.split(",")
+    bad = [n for n in names if n not in DECODE_MODELS]
+    if bad:
+        import argparse
+
+        raise argparse.ArgumentTypeError(f"decode models must be among {','.join(DECODE_MODELS)} or 'none'; "
+                                         f"got {','.join(bad)}")
+    return names
+
+
+def _decode_rows(models: list[str], bits_list: list[int], threads: list[int], tokens: int, repeats: int
+                 ) -> list[dict[str, Any]]:
+    """Greedy tokens/s of each model, float and packed, side by side at each thread count."""
+    from qcourse import lm
+    from qcourse.lm import decode
+
+    rows: list[dict[str, Any]] = []
+    for name in models:
+        if name == "smollm2-135m" and not lm.is_smollm2_available():
+            continue
+        model = lm.load(name)
+        packed = {b: decode.pack_model(model, bits=b, group_size=GROUP) for b in bits_list}
+        for t in threads:
+            ref = decode.decode_speed(model, DECODE_PROMPT, new_tokens=tokens, threads=t, repeats=repeats)
+            for b, (qmodel, used) in packed.items():
+                r = decode.decode_speed(qmodel, DECODE_PROMPT, new_tokens=tokens, threads=t, repeats=repeats)
+                rows.append({"model": name, "bits": b, "threads": t,
+                             "tokens_per_second": r["tokens_per_second"],
+                             "float_tokens_per_second": ref["tokens_per_second"],
+                             "speedup": r["tokens_per_second"] / ref["tokens_per_second"],
+                             "decode_tokens_per_second": r["decode_tokens_per_second"],
+                             "float_decode_tokens_per_second": ref["decode_tokens_per_second"],
+                             "new_tokens": tokens, "prompt_tokens": r["prompt_tokens"],
+                             "kernels": sorted(set(used.values())), "head": "float",
+                             "text": r["text"], "float_text": ref["text"]})
+    return rows
