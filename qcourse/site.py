@@ -64,6 +64,7 @@ WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
 WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
 _LESSON_RE = re.compile(r"^(\d{2})_[A-Za-z0-9_]+\.ipynb$")
 _NUMBERS_RE = re.compile(r"^\d{2}$")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
 
 
 class BuildError(RuntimeError):
@@ -239,8 +240,8 @@ def execute_notebook(path: Path, budget: float | None = None) -> tuple[Any, floa
                else f"set metadata qcourse.time_budget_s, or {BUDGET_ENV} for every notebook without one")
         raise BuildError(f"{path.name} ran over its {limit:g} s budget ({took:.0f} s, at cell {index}; "
                          f"{how})") from None
-    except CellExecutionError as exc:
-        raise BuildError(f"{path.name}: cell {index} failed:\n{exc}") from None
+    except CellExecutionError as exc:   # the traceback without the terminal's colour codes
+        raise BuildError(f"{path.name}: cell {index} failed:\n{_ANSI.sub('', str(exc))}") from None
     return nb, time.monotonic() - start
 
 
@@ -559,12 +560,15 @@ def _check_out_dir(out: Path, root: Path) -> None:
 
 
 def build(root: Path, out: Path | None = None, numbers: Iterable[str] | None = None, execute: bool = True,
-          log: Any = None) -> dict[str, Any]:
+          keep_going: bool = False, log: Any = None) -> dict[str, Any]:
     """Build the site of the lessons ``numbers`` (all by default) of the course at ``root`` into ``out``
     (default ``root/site``); returns a report (pages, seconds, each lesson's execution time and budget).
 
     Raises ``ValueError`` for bad arguments and :class:`BuildError` when a lesson fails, runs over its
-    budget, MkDocs fails, or the built site links to a missing file or anchor.
+    budget, MkDocs fails, or the built site links to a missing file or anchor. Every lesson runs even when
+    an earlier one failed, and the error lists them all; no site is written, unless ``keep_going``: then
+    a failed lesson is published as committed (no outputs) under a warning naming the failure, and the
+    error is raised after the site is written.
     """
     import nbformat
     import yaml
@@ -611,9 +615,17 @@ def build(root: Path, out: Path | None = None, numbers: Iterable[str] | None = N
                 except BuildError as exc:   # run the other lessons too: one report lists every failure
                     failures.append(str(exc))
                     say(f"  FAILED: {str(exc).splitlines()[0]}")
-                    continue
-                entry.update(seconds=round(seconds, 1), budget_s=None if math.isinf(budget) else budget)
-                say(f"  done in {seconds:.1f} s")
+                    entry["failed"] = str(exc).splitlines()[0]
+                    if not keep_going:
+                        continue
+                    nb = nbformat.read(les.notebook, as_version=4)
+                    nb.cells.insert(1, nbformat.v4.new_markdown_cell(
+                        '<div class="admonition warning"><p class="admonition-title">This lesson failed '
+                        f"when the site was built</p><p>{html.escape(entry['failed'])}. It is shown as "
+                        "committed, without outputs: run it in JupyterLab.</p></div>"))
+                else:
+                    entry.update(seconds=round(seconds, 1), budget_s=None if math.isinf(budget) else budget)
+                    say(f"  done in {seconds:.1f} s")
             else:
                 nb = nbformat.read(les.notebook, as_version=4)
             entry["widgets"] = static_widgets(nb)
@@ -628,7 +640,7 @@ def build(root: Path, out: Path | None = None, numbers: Iterable[str] | None = N
                 _rewrite_notebook_links(page_nb, page, pages)
                 nbformat.write(page_nb, docs / page)
             report["lessons"].append(entry)
-        if failures:
+        if failures and not keep_going:
             raise BuildError(f"{len(failures)} of {len(lessons)} lessons failed; no site was written:\n"
                              + "\n".join(failures))
         refs = (root / "notebooks" / "references.md").read_text(encoding="utf-8")
@@ -663,6 +675,9 @@ def build(root: Path, out: Path | None = None, numbers: Iterable[str] | None = N
                         if not p.relative_to(out).as_posix().startswith("assets/"))
     report.update(pages=len(html_pages), page_list=html_pages, seconds=round(time.monotonic() - t0, 1))
     (out / "build-report.json").write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
+    if failures:
+        raise BuildError(f"{len(failures)} of {len(lessons)} lessons failed; the site ({len(html_pages)} "
+                         f"pages, {out}) shows them without outputs:\n" + "\n".join(failures))
     return report
 
 
@@ -690,12 +705,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     b.add_argument("--out", type=Path, default=None, help="output folder (default: ROOT/site)")
     b.add_argument("--no-execute", action="store_true",
                    help="render the notebooks as committed (no outputs), without running them")
+    b.add_argument("--keep-going", action="store_true",
+                   help="publish a lesson that fails as committed (no outputs), under a warning; exit 1")
     b.add_argument("--root", type=Path, default=Path.cwd(), help="the course checkout (default: .)")
     args = parser.parse_args(argv)
     if not (args.root / "notebooks").is_dir():
         parser.error(f"--root {args.root} holds no notebooks/ folder (run from the course checkout)")
     try:
-        report = build(args.root, args.out, args.lessons, execute=not args.no_execute)
+        report = build(args.root, args.out, args.lessons, execute=not args.no_execute,
+                       keep_going=args.keep_going)
     except ValueError as exc:
         parser.error(str(exc))
     except BuildError as exc:

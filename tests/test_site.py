@@ -166,6 +166,17 @@ def test_build_runs_every_lesson_and_lists_every_failure(tmp_path, capsys):
     assert "executing notebooks/02_ok.ipynb" in err        # the lessons after a failure still ran
     assert sorted(p.name for p in out.iterdir()) == [".qcourse-site"]
 
+    # --keep-going: the site is written, the failed lessons shown without outputs under a warning; exit 1
+    argv = ["build", "--root", str(root), "--out", str(out), "--keep-going", "--lessons", "00,01"]
+    assert site.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "1 of 2 lessons failed; the site (" in err and "01_broken.ipynb: cell 1 failed" in err
+    broken = (out / "notebooks" / "01_broken.html").read_text(encoding="utf-8")
+    assert "This lesson failed when the site was built" in broken and "lesson 01 is broken" in broken
+    report = json.loads((out / "build-report.json").read_text(encoding="utf-8"))
+    assert [e.get("failed", "")[:20] for e in report["lessons"]] == ["", "01_broken.ipynb: cel"]
+    assert report["lessons"][0]["seconds"] > 0 and broken_links(out) == []
+
 
 # --- widgets, links, the link checker -------------------------------------------------------------------
 
