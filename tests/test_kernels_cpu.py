@@ -210,3 +210,89 @@ def test_tiled_kernel_refuses_other_layouts(bits, n, k, group):
 def test_gemm_tiles_type_check():
     with pytest.raises(TypeError, match="tiles must be an AffineTiles"):
         cpu.gemm_tiles(torch.randn(64), object())
+
+
+# --- E8P, base-3 trits and binary weights: the formats dispatched by kernels.matmul ---------------------
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4])
+@pytest.mark.parametrize("m,n,transform", [(16, 32, True), (12, 40, False), (5, 8, False), (32, 64, True)])
+def test_e8p_kernel_equals_decoded(bits, m, n, transform):
+    from qcourse import kernels
+    from qcourse.methods.quip import quip_quantize
+
+    w = torch.randn(m, n, generator=torch.Generator().manual_seed(m * n + bits))
+    qw = quip_quantize(w, None, bits, transform=transform, rounding="nearest", seed=bits)
+    assert kernels.kernel_name(qw) == "e8p"
+    prep = kernels.prepare(qw)
+    assert prep.codes.dtype == np.uint16 and prep.nbytes == m * n // 8 * 2 * (1 if bits == 2 else 2)
+    for batch in (1, 3, 8):
+        x = torch.randn(batch, n, generator=torch.Generator().manual_seed(batch))
+        want = (x.double() @ qw.dequantize(torch.float64).T).float()
+        torch.testing.assert_close(cpu.gemm_e8p(x, qw), want, rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(kernels.matmul(x, qw, prepared=prep), want, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(cpu.gemm_e8p(x[0], prep), want[0], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("n,k", [(4, 15), (3, 7), (5, 13), (2, 4), (1, 1), (9, 40), (6, 33)])
+@pytest.mark.parametrize("batch", [1, 4, 8])
+def test_base3_ternary_kernel_equals_reference(n, k, batch):
+    from qcourse import kernels
+
+    g = torch.Generator().manual_seed(n * 100 + k)
+    trits = torch.randint(-1, 2, (n, k), generator=g, dtype=torch.int8)
+    qw = TernaryWeight(trits, torch.tensor(0.37), "base3")
+    x = torch.randn(batch, k, generator=g)
+    want = reference.gemm_ternary(x, qw.packed, "base3", qw.shape, qw.gamma)
+    torch.testing.assert_close(cpu.gemm_ternary_base3(x, qw.packed, qw.shape, qw.gamma), want,
+                               rtol=1e-5, atol=1e-4)
+    assert kernels.kernel_name(qw) == "ternary-base3"
+    torch.testing.assert_close(kernels.matmul(x, qw), want, rtol=1e-5, atol=1e-4)
+
+
+def test_base3_kernel_rejects_wrong_sizes_and_flags_non_trits():
+    with pytest.raises(ValueError, match="base-3 packing of 2×5 trits"):
+        cpu.gemm_ternary_base3(torch.randn(5), torch.zeros(3, dtype=torch.uint8), (2, 5), 1.0)
+    y = cpu.gemm_ternary_base3(torch.ones(5), torch.tensor([255], dtype=torch.uint8), (1, 5), 1.0)
+    assert torch.isnan(y).all()
+
+
+@pytest.mark.parametrize("bits,options,group_size", [
+    (1, {}, None), (2, {}, None), (1, {"granularity": "tensor"}, None), (1, {"center": True}, None),
+    (1, {}, 16), (2, {}, 8),
+])
+@pytest.mark.parametrize("n,k", [(5, 48), (3, 64)])
+def test_binary_weight_kernel_equals_decoded(bits, options, group_size, n, k):
+    from qcourse import kernels, methods
+
+    w = torch.randn(n, k, generator=torch.Generator().manual_seed(n + k + bits))
+    qw = methods.get("binary").quantize(w, bits=bits, group_size=group_size, **options)
+    assert kernels.kernel_name(qw) == "binary-signs"
+    for batch in (1, 2, 7):
+        x = torch.randn(batch, k, generator=torch.Generator().manual_seed(batch))
+        want = (x.double() @ qw.dequantize().double().T).float()
+        torch.testing.assert_close(cpu.gemm_binary_weight(x, qw), want, rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(kernels.matmul(x, qw), want, rtol=1e-5, atol=1e-4)
+
+
+def test_quantlinear_runs_e8p_base3_and_binary_kernels():
+    from qcourse.methods.quip import quip_quantize
+    from qcourse.nn.linear import QuantLinear, set_kernel
+
+    g = torch.Generator().manual_seed(0)
+    weights = {
+        "e8p": quip_quantize(torch.randn(16, 32, generator=g), None, 2, rounding="nearest"),
+        "ternary-base3": TernaryWeight(torch.randint(-1, 2, (6, 32), generator=g, dtype=torch.int8),
+                                       torch.tensor(0.2), "base3"),
+    }
+    from qcourse import methods
+
+    weights["binary-signs"] = methods.get("binary").quantize(torch.randn(4, 32, generator=g), bits=2)
+    for name, qw in weights.items():
+        layer = torch.nn.Sequential(QuantLinear(qw, bias=torch.randn(qw.shape[0], generator=g)))
+        x = torch.randn(2, 3, 32, generator=g)
+        with torch.no_grad():
+            want = layer(x)                         # decoding
+            assert set_kernel(layer, "auto") == {"0": name}
+            torch.testing.assert_close(layer(x), want, rtol=1e-4, atol=1e-4)
+            assert layer[0]._cached is None

@@ -33,8 +33,9 @@ BACKENDS = ("auto", "cpu", "reference", "decode")
 
 def kernel_name(qweight: QuantizedWeight) -> str | None:
     """The numba kernel :func:`matmul` would use for ``qweight`` (``"int4"``, ``"int2"``, ``"int1"``,
-    ``"int8"``, ``"ternary"``, ``"aqlm-Mx8"``), or ``None`` when there is none (other formats, groups along
-    the output axis, base-3 trits) or numba is missing."""
+    ``"int8"``, ``"ternary"``, ``"ternary-base3"``, ``"aqlm-Mx8"``, ``"e8p"``, ``"binary-signs"``), or
+    ``None`` when there is none (other formats, groups along the output axis or across rows) or numba is
+    missing."""
     from qcourse.affine import AffineQuantizedWeight
     from qcourse.methods.bitnet import TernaryWeight
 
@@ -43,18 +44,26 @@ def kernel_name(qweight: QuantizedWeight) -> str | None:
     if isinstance(qweight, AffineQuantizedWeight) and qweight.bits in (1, 2, 4, 8) \
             and (qweight.axis == 1 or qweight.group_size == "tensor"):
         return f"int{qweight.bits}"
-    if isinstance(qweight, TernaryWeight) and qweight.packing_kind == "2bit":
-        return "ternary"
+    if isinstance(qweight, TernaryWeight):
+        return "ternary" if qweight.packing_kind == "2bit" else "ternary-base3"
     from qcourse.methods.aqlm import AQLMWeight
 
     if isinstance(qweight, AQLMWeight) and qweight.codebook_bits == 8:
         return f"aqlm-{qweight.n_codebooks}x8"
+    from qcourse.methods.quip import QuIPWeight
+
+    if isinstance(qweight, QuIPWeight) and qweight.codebook == "e8p":
+        return "e8p"
+    from qcourse.methods.binary import BinaryWeight
+
+    if isinstance(qweight, BinaryWeight) and cpu.binary_weight_groups(qweight) is not None:
+        return "binary-signs"
     return None
 
 
-def prepare(qweight: QuantizedWeight) -> cpu.AffineTiles | None:
+def prepare(qweight: QuantizedWeight) -> cpu.AffineTiles | cpu.E8PCodes | None:
     """The weight re-laid for the fastest numba kernel, when it has one (int4/int2 with groups of whole
-    64-code chunks, 2-bit ternary; ``in_features % 64 == 0``), else ``None``.
+    64-code chunks, 2-bit ternary; ``in_features % 64 == 0``; E8P codes as uint16), else ``None``.
 
     Preparing copies the codes once (same bytes as the packed weight, plus float32 scales); pass the result
     to :func:`matmul` as ``prepared`` for every later product with this weight (``QuantLinear`` keeps it).
@@ -78,11 +87,13 @@ def prepare(qweight: QuantizedWeight) -> cpu.AffineTiles | None:
     if name == "ternary" and isinstance(qweight, TernaryWeight) and cpu.tiles_supported(2, qweight.shape,
                                                                                          qweight.numel):
         return cpu.prepare_ternary(qweight.packed, qweight.shape, qweight.gamma)
+    if name == "e8p":
+        return cpu.prepare_e8p(qweight)
     return None
 
 
 def matmul(x: torch.Tensor, qweight: QuantizedWeight, backend: str = "auto",
-           prepared: cpu.AffineTiles | None = None) -> torch.Tensor:
+           prepared: cpu.AffineTiles | cpu.E8PCodes | None = None) -> torch.Tensor:
     """``x Ŵᵀ`` for ``x`` of shape ``[..., in_features]``; returns ``[..., out_features]`` in ``x.dtype``.
 
     ``prepared`` (from :func:`prepare` for this ``qweight``) selects the tiled kernel under ``"auto"`` and
@@ -97,6 +108,13 @@ def matmul(x: torch.Tensor, qweight: QuantizedWeight, backend: str = "auto",
     n, k = qweight.shape
     if x.shape[-1] != k:
         raise ValueError(f"x's last dimension must be in_features={k}; got {x.shape[-1]}")
+    if prepared is not None and backend in ("auto", "cpu"):
+        if not isinstance(prepared, cpu.AffineTiles | cpu.E8PCodes) or prepared.shape != (n, k):
+            raise ValueError("prepared must be kernels.prepare(qweight) of this weight")
+        flat = x.reshape(-1, k).detach().to(device="cpu", dtype=torch.float32)
+        y = (cpu.gemm_tiles(flat, prepared) if isinstance(prepared, cpu.AffineTiles)
+             else cpu.gemm_e8p(flat, prepared))
+        return y.reshape(*x.shape[:-1], n).to(device=x.device, dtype=x.dtype)
     name = kernel_name(qweight) if backend in ("auto", "cpu") else None
     if backend == "cpu" and name is None:
         why = "numba is not installed" if not cpu.AVAILABLE else f"{type(qweight).__name__} has no CPU kernel"
@@ -104,16 +122,18 @@ def matmul(x: torch.Tensor, qweight: QuantizedWeight, backend: str = "auto",
     if backend == "decode" or (backend == "auto" and name is None):
         return F.linear(x, qweight.dequantize(torch.float32).to(device=x.device, dtype=x.dtype))
     flat = x.reshape(-1, k).detach().to(device="cpu", dtype=torch.float32)
-    if prepared is not None and backend != "reference":
-        if not isinstance(prepared, cpu.AffineTiles) or prepared.shape != (n, k):
-            raise ValueError("prepared must be kernels.prepare(qweight) of this weight")
-        y = cpu.gemm_tiles(flat, prepared)
-    elif backend == "reference":
+    if backend == "reference":
         y = reference.matmul(flat, qweight)
     elif name == "ternary":
         y = cpu.gemm_ternary(flat, qweight.packed, qweight.shape, qweight.gamma)
     elif name.startswith("aqlm"):
         y = cpu.gemm_aqlm8(flat, qweight)
+    elif name == "e8p":
+        y = cpu.gemm_e8p(flat, qweight)
+    elif name == "ternary-base3":
+        y = cpu.gemm_ternary_base3(flat, qweight.packed, qweight.shape, qweight.gamma)
+    elif name == "binary-signs":
+        y = cpu.gemm_binary_weight(flat, qweight)
     else:
         p = reference.affine_params(qweight)
         y = cpu.gemm_affine(flat, p["packed"], p["bits"], p["shape"], p["group"], p["scale"], p["zero"])

@@ -26,6 +26,17 @@ Each kernel here streams the packed bytes row by row and unpacks them with shift
   rows), then each output is ``scale·Σⱼ Σₘ table[j, m, code]``: ``M`` lookups per ``g`` weights.
 * :func:`gemm_binary` — ±1 weights and activations in 64-bit words (:mod:`qcourse.xnor`):
   ``n − 2·popcount(x XOR w)`` with the CPU's ``POPCNT``.
+* :func:`gemm_ternary_base3` — trits packed five per byte in base 3 (1.6 bits per weight): a 256-row
+  table gives a byte's five trits, so a byte costs one table row and five multiply-adds.
+* :func:`gemm_binary_weight` — a :class:`~qcourse.methods.binary.BinaryWeight` (``Σₖ αₖBₖ``, signs one bit
+  each): a sign bit ``c`` means ``α(2c − 1) = 2α·(c − ½)``, the 1-bit affine format with scale ``2α`` and
+  zero ``½``, so each basis runs the 1-bit :func:`gemm_affine` kernel and the bases add up.
+* :func:`gemm_e8p` — QuIP#'s E8P codes (16 bits per 8 weights, plus a second residual stage at 3 and 4
+  bits): each code indexes the decode table (the 2¹⁶ points of :func:`qcourse.lattice.e8p_codebook`,
+  float32, 2 MiB, shared by every weight) and the 8-vector it names is dotted with 8 activations. The
+  randomized Hadamard transforms go around the product, as in the method's ``dequantize``: the input is
+  rotated with the input signs first and the output rotated back with the output signs after, so the
+  weight is never decoded (``x Ŵᵀ = RHT⁻¹_out(wscale · RHT_in(x) · decode(codes)ᵀ)``).
 
 All kernels run their output rows in parallel (``numba.prange``; set the thread count with
 :func:`set_threads`). Each output element is computed by one thread in a fixed order, so results do not
@@ -66,7 +77,8 @@ except ImportError:  # pragma: no cover - exercised on machines without numba
 
 __all__ = ["AVAILABLE", "set_threads", "gemm_affine", "gemm_ternary", "gemm_ternary_lut", "gemm_binary",
            "ternary_lut_tables", "gemm_aqlm8", "FORMATS", "TILE", "AffineTiles", "prepare_affine",
-           "prepare_ternary", "gemm_tiles"]
+           "prepare_ternary", "gemm_tiles", "E8PCodes", "prepare_e8p", "gemm_e8p", "gemm_ternary_base3",
+           "gemm_binary_weight"]
 
 #: output rows per tile of :func:`prepare_affine`'s layout (the innermost, vectorized loop)
 TILE = 64
@@ -74,7 +86,7 @@ TILE = 64
 CHUNK = 64
 
 #: the formats this module has a kernel for
-FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary", "aqlm-2x8")
+FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary", "aqlm-2x8", "e8p")
 
 
 def _require() -> None:
@@ -89,6 +101,21 @@ def set_threads(n: int) -> None:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= numba.config.NUMBA_NUM_THREADS:
         raise ValueError(f"n must be an int from 1 to {numba.config.NUMBA_NUM_THREADS}; got {n!r}")
     numba.set_num_threads(n)
+    _THREADS["n"] = n
+
+
+#: the thread count last set through :func:`set_threads` (read once from numba otherwise): asking numba
+#: costs tens of microseconds, as much as a small layer's whole product
+_THREADS: dict[str, int | None] = {"n": None}
+#: weights below which the tiled kernel runs serially even with several threads (the pool's launch
+#: costs more than it saves)
+PARALLEL_MIN = 1 << 18
+
+
+def _threads() -> int:
+    if _THREADS["n"] is None:
+        _THREADS["n"] = int(numba.get_num_threads())
+    return _THREADS["n"]
 
 
 if AVAILABLE:
@@ -341,12 +368,77 @@ if AVAILABLE:
                             yv[r] += s0 * acc[r] - sz0 * xc
                 out[b, tl * tw:(tl + 1) * tw] = yv
 
+    @njit(fastmath=True, boundscheck=False, cache=True)
+    def _tile_inputs(xb, pre):
+        # xs = x with code position t of each word divided by 2^(bits·t) (pre[t]); xsum = Σx per 64 codes
+        b_count, k = xb.shape
+        per = pre.shape[0]
+        xs = np.empty((b_count, k), dtype=np.float32)
+        xsum = np.empty((b_count, k // 64), dtype=np.float32)
+        for b in range(b_count):
+            for c in range(k // 64):
+                acc = np.float32(0.0)
+                for j in range(64):
+                    v = xb[b, c * 64 + j]
+                    acc += v
+                    xs[b, c * 64 + j] = v * pre[j % per]
+                xsum[b, c] = acc
+        return xs, xsum
+
     # one parallel build (prange over tiles) and one serial build of each: at one thread the serial one
     # skips the thread pool's launch, which costs more than a small layer's whole product
     _TILE_KERNELS = {
         (bits, par): njit(parallel=par, fastmath=True, boundscheck=False, cache=True)(fn)
         for bits, fn in ((4, _tiles4), (2, _tiles2)) for par in (False, True)
     }
+
+    def _e8p(xt, codes, t1, t2, out):
+        # codes [m, J, stages] (uint16); t1/t2 [entries, 8] float32 decode tables (t2 already divided by the
+        # residual scale); xt [B, n] the rotated input; out[b, r] = Σ_j <t1[c1] + t2[c2], xt[b, 8j:8j+8]>
+        b_count = xt.shape[0]
+        m, groups, stages = codes.shape
+        for r in prange(m):
+            for b in range(b_count):
+                acc = np.float32(0.0)
+                for j in range(groups):
+                    o = 8 * j
+                    c = np.int32(codes[r, j, 0])
+                    for i in range(8):
+                        acc += t1[c, i] * xt[b, o + i]
+                    if stages == 2:
+                        c = np.int32(codes[r, j, 1])
+                        for i in range(8):
+                            acc += t2[c, i] * xt[b, o + i]
+                out[b, r] = acc
+
+    @njit(parallel=True, fastmath=True, cache=True)
+    def _base3(xb, packed, digits, gamma, n, k):
+        # digits[byte, d] = trit d of the byte (its base-3 digit minus 1; NaN for bytes above 242)
+        b_count = xb.shape[0]
+        y = np.empty((b_count, n), dtype=np.float32)
+        for r in prange(n):
+            i0 = r * k
+            end = i0 + k
+            for b in range(b_count):
+                acc = np.float32(0.0)
+                i = i0
+                while i < end and i % 5:         # a row that starts inside a byte
+                    acc += digits[packed[i // 5], i % 5] * xb[b, i - i0]
+                    i += 1
+                while i + 5 <= end:              # whole bytes: five trits from one table row
+                    d = digits[packed[i // 5]]
+                    o = i - i0
+                    acc += (d[0] * xb[b, o] + d[1] * xb[b, o + 1] + d[2] * xb[b, o + 2] + d[3] * xb[b, o + 3]
+                            + d[4] * xb[b, o + 4])
+                    i += 5
+                while i < end:                   # and one that ends inside a byte
+                    acc += digits[packed[i // 5], i % 5] * xb[b, i - i0]
+                    i += 1
+                y[b, r] = gamma * acc
+        return y
+
+    _E8P_KERNELS = {par: njit(parallel=par, fastmath=True, boundscheck=False, cache=True)(_e8p)
+                    for par in (False, True)}
 
     @njit(parallel=True, cache=True)
     def _binary(w_words, x_words, n):
@@ -538,21 +630,179 @@ def gemm_tiles(x: torch.Tensor, tiles: AffineTiles) -> torch.Tensor:
     if not isinstance(tiles, AffineTiles):
         raise TypeError(f"tiles must be an AffineTiles from prepare_affine; got {type(tiles).__name__}")
     n, k = tiles.shape
-    xb, vec = _as_batch(x, k)
-    per = 32 // tiles.bits  # codes per word
-    step = np.float32(2.0 ** tiles.bits)
-    # divide code t of every word by 2^(bits·t) (exact) so that the masked, unshifted code converts to it;
-    # the top code is shifted down instead (its mask would set the sign bit)
-    pre = (np.float32(1.0) / step ** np.arange(per, dtype=np.float32)).astype(np.float32)
-    pre[-1] = 1.0
-    xs = np.ascontiguousarray((xb.reshape(xb.shape[0], k // per, per) * pre).reshape(xb.shape[0], k))
-    xsum = xb.reshape(xb.shape[0], k // CHUNK, CHUNK).sum(axis=2, dtype=np.float32)
+    if isinstance(x, torch.Tensor) and x.dtype == torch.float32 and x.ndim == 2 and x.shape[1] == k \
+            and x.device.type == "cpu":
+        # the common case (a model's layer), without the general path's copies: this runs per token
+        xb, vec = x.detach().contiguous().numpy(), False
+    else:
+        xb, vec = _as_batch(x, k)
+    xs, xsum = _tile_inputs(xb, _PRE[tiles.bits])
     out = np.empty((xb.shape[0], tiles.words.shape[0] * TILE), dtype=np.float32)
-    kernel = _TILE_KERNELS[tiles.bits, numba.get_num_threads() > 1]
+    kernel = _TILE_KERNELS[tiles.bits, _threads() > 1 and n * k >= PARALLEL_MIN]
     s0, sz0 = tiles.scalar
     kernel(xs, xsum, tiles.words, tiles.scale, tiles.scaled_zero, np.float32(s0), np.float32(sz0),
            tiles.chunks_per_group, out)
-    return _out(np.ascontiguousarray(out[:, :n]), vec)
+    y = torch.from_numpy(out)
+    y = y if y.shape[1] == n else y[:, :n]
+    return y[0] if vec else y
+
+
+def _pre(bits: int) -> np.ndarray:
+    # code t of a word is read as q·2^(bits·t) (masked, not shifted), so its activation is divided by that;
+    # the top code is shifted down instead (its mask would include the sign bit)
+    pre = (np.float32(0.5) ** (bits * np.arange(32 // bits))).astype(np.float32)
+    pre[-1] = 1.0
+    return pre
+
+
+_PRE = {bits: _pre(bits) for bits in (2, 4)}
+
+
+class E8PCodes:
+    """A :class:`~qcourse.methods.quip.QuIPWeight` with the E8P codebook, laid out for :func:`gemm_e8p`:
+    ``codes`` ``uint16 [m, n/8, stages]`` (the stored 16-bit codes: 2 bytes per 8 weights per stage; the
+    weight object keeps them as int64), the decode ``tables``, ``wscale`` and the sign vectors."""
+
+    def __init__(self, qweight) -> None:
+        from qcourse.methods.quip import QuIPWeight
+
+        if not isinstance(qweight, QuIPWeight) or qweight.codebook != "e8p":
+            raise ValueError("qweight must be a QuIPWeight with the E8P codebook (codebook='e8p')")
+        self.shape, self.bits = qweight.shape, qweight.bits
+        self.codes = np.ascontiguousarray(qweight.codes.numpy().astype(np.uint16))
+        self.t1, self.t2 = _e8p_tables(qweight.bits)
+        self.wscale = float(qweight.wscale)
+        self.s_in = None if qweight.s_in is None else qweight.s_in.to(torch.float32)
+        self.s_out = None if qweight.s_out is None else qweight.s_out.to(torch.float32)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of weight one product reads: the codes (the tables are shared by every layer)."""
+        return int(self.codes.nbytes)
+
+    def __repr__(self) -> str:
+        return f"E8PCodes(bits={self.bits}, shape={self.shape}, nbytes={self.nbytes})"
+
+
+def _e8p_tables(bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first-stage E8P table and the second stage's (divided by its residual scale), float32."""
+    from qcourse import lattice
+
+    key = ("e8p", bits)
+    if key not in _TABLES:
+        t1 = np.ascontiguousarray(lattice.e8p_codebook(torch.float64).to(torch.float32).numpy())
+        if bits == 2:
+            t2 = np.zeros((1, 8), np.float32)
+        else:
+            # rvq_decode adds the second stage's points divided by the residual scale
+            grid = lattice.e8p_codebook(torch.float64) if bits == 4 else lattice.e81b_codebook(torch.float64)
+            t2 = np.ascontiguousarray((grid / lattice.RVQ_RESIDUAL_SCALE[bits]).to(torch.float32).numpy())
+        _TABLES[key] = (t1, t2)
+    return _TABLES[key]
+
+
+_TABLES: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+
+
+def prepare_e8p(qweight) -> E8PCodes:
+    """The codes of an E8P :class:`~qcourse.methods.quip.QuIPWeight` as :func:`gemm_e8p` reads them."""
+    _require()
+    return E8PCodes(qweight)
+
+
+def gemm_e8p(x: torch.Tensor, qweight) -> torch.Tensor:
+    """``x Ŵᵀ`` for a QuIP# E8P weight (a :class:`~qcourse.methods.quip.QuIPWeight` or its
+    :class:`E8PCodes`), from the codes and the decode table; ``x`` is ``[K]`` or ``[batch, K]``, float32.
+
+    >>> import torch
+    >>> from qcourse.methods.quip import quip_quantize
+    >>> qw = quip_quantize(torch.randn(16, 32), None, 2, rounding="nearest")
+    >>> x = torch.randn(3, 32)
+    >>> torch.allclose(gemm_e8p(x, qw), x @ qw.dequantize().T, atol=1e-4)
+    True
+    """
+    from qcourse import hadamard
+
+    _require()
+    prep = qweight if isinstance(qweight, E8PCodes) else E8PCodes(qweight)
+    m, n = prep.shape
+    xb, vec = _as_batch(x, n)
+    xt = torch.from_numpy(xb)
+    if prep.s_in is not None:
+        xt = hadamard.rht(xt, prep.s_in)          # the input in the weight's rotated basis
+    out = np.empty((xb.shape[0], m), dtype=np.float32)
+    kernel = _E8P_KERNELS[_threads() > 1 and m * n >= PARALLEL_MIN]
+    kernel(np.ascontiguousarray(xt.numpy()), prep.codes, prep.t1, prep.t2, out)
+    y = torch.from_numpy(out) * np.float32(prep.wscale)
+    if prep.s_out is not None:
+        y = hadamard.inverse_rht(y, prep.s_out)   # back from the rotated output basis
+    return y[0] if vec else y
+
+
+def _base3_digits() -> np.ndarray:
+    digits = np.full((256, 5), np.nan, dtype=np.float32)
+    for v in range(243):
+        digits[v] = [(v // 3**d) % 3 - 1 for d in range(5)]
+    return digits
+
+
+_DIGITS = _base3_digits()
+
+
+def gemm_ternary_base3(x: torch.Tensor, packed: torch.Tensor, shape: tuple[int, int],
+                       gamma: torch.Tensor | float) -> torch.Tensor:
+    """``x (γ·T)ᵀ`` for trits packed five per byte in base 3 (codes ``t + 1``, :mod:`qcourse.packing`);
+    any shape (rows may start and end inside a byte). A byte above 242 is not five trits: its outputs are
+    NaN.
+
+    >>> import torch
+    >>> from qcourse import packing
+    >>> codes = torch.tensor([2, 1, 0, 0, 2, 2, 1], dtype=torch.uint8)     # trits [[1, 0, -1, -1, 1, 1, 0]]
+    >>> gemm_ternary_base3(torch.arange(7.0), packing.pack(codes, packing.TERNARY), (1, 7), 0.5).tolist()
+    [2.0]
+    """
+    _require()
+    n, k = reference._check_shape(shape)
+    if not isinstance(packed, torch.Tensor) or packed.dtype != torch.uint8 or packed.ndim != 1 \
+            or packed.numel() != packing.packed_nbytes(n * k, packing.TERNARY):
+        raise ValueError(f"packed must be the base-3 packing of {n}×{k} trits: a 1-D uint8 tensor of "
+                         f"{packing.packed_nbytes(n * k, packing.TERNARY)} bytes")
+    xb, vec = _as_batch(x, k)
+    return _out(_base3(xb, packed.numpy(), _DIGITS, np.float32(float(gamma)), n, k), vec)
+
+
+def binary_weight_groups(qweight) -> int | None:
+    """Codes per scale of a :class:`~qcourse.methods.binary.BinaryWeight` when they fit the 1-bit affine
+    kernel (a divisor of ``in_features`` or a multiple of it), else ``None``."""
+    n, k = qweight.shape
+    group = n * k // qweight.scales[0].numel()
+    return group if (k % group == 0 or group % k == 0) else None
+
+
+def gemm_binary_weight(x: torch.Tensor, qweight) -> torch.Tensor:
+    """``x Ŵᵀ`` for a :class:`~qcourse.methods.binary.BinaryWeight` ``Ŵ = Σₖ αₖBₖ`` from its packed sign bits.
+
+    >>> import torch
+    >>> from qcourse.methods.binary import BinaryWeight
+    >>> qw = BinaryWeight([torch.tensor([[1, -1, -1, 1]], dtype=torch.int8)],
+    ...                   [torch.tensor([[0.5]], dtype=torch.float16)])
+    >>> gemm_binary_weight(torch.tensor([1.0, 2.0, 3.0, 4.0]), qw).tolist()
+    [0.0]
+    """
+    _require()
+    from qcourse.methods.binary import BinaryWeight
+
+    if not isinstance(qweight, BinaryWeight):
+        raise TypeError(f"qweight must be a BinaryWeight; got {type(qweight).__name__}")
+    group = binary_weight_groups(qweight)
+    if group is None:
+        raise ValueError("the scale groups of this BinaryWeight straddle rows; use its dequantize()")
+    y = None
+    for packed, alpha in zip(qweight.packed, qweight.scales, strict=True):
+        scale = 2.0 * alpha.float()        # exact: fp16 doubled
+        part = gemm_affine(x, packed, 1, qweight.shape, group, scale, torch.full_like(scale, 0.5))
+        y = part if y is None else y + part
+    return y
 
 
 def gemm_aqlm8(x: torch.Tensor, qweight) -> torch.Tensor:
