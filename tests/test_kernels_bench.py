@@ -23,7 +23,7 @@ def test_bench_rows_cover_every_format_thread_and_batch():
         assert r["gb_s"] == pytest.approx(r["weight_bytes"] / r["seconds"] / 1e9)
         assert r["bandwidth_fraction"] == pytest.approx(r["gb_s"] / out["copy_gb_s"])
         # 64x64 int4 = 2048 bytes: one copy reaches --min-bytes; binary (512 bytes) needs four
-        assert r["copies"] == {"int4": 1, "int2": 2, "binary": 4}.get(r["format"], 2)  # aqlm-2x8: 2 bits
+        assert r["copies"] == {"int4": 1, "int2": 2, "binary": 4}.get(r["format"], 2)  # aqlm-2x8, e8p: 2 bits
     assert out["missing"] == list(kernels.MISSING) and out["decode"] == []
 
 

@@ -39,8 +39,8 @@ from qcourse import packing, xnor
 from qcourse.bench import ArgumentParser, median_seconds, non_negative_int, positive_int
 from qcourse.machine import machine_info
 
-FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary", "aqlm-2x8")
-MISSING = ("e8p",)
+FORMATS = ("int4", "int2", "ternary", "ternary-lut", "binary", "aqlm-2x8", "e8p")
+MISSING: tuple[str, ...] = ()
 GROUP = 64
 
 
@@ -112,6 +112,20 @@ def _kernel(fmt: str, n: int, k: int, copies: int, rng: np.random.Generator
             return cpu.gemm_aqlm8(x, nxt(weights))
 
         return run, weights[0].storage_bits // 8
+    if fmt == "e8p":
+        from qcourse.methods.quip import QuIPWeight, incoherence_signs
+
+        g = torch.Generator().manual_seed(int(rng.integers(2**31)))
+        s_out, s_in = incoherence_signs(n, k, seed=int(rng.integers(2**31)))
+        codes = [cpu.prepare_e8p(QuIPWeight((n, k), 2, "e8p",
+                                            torch.randint(0, 2**16, (n, k // 8, 1), generator=g),
+                                            torch.tensor(0.01), s_out, s_in)) for _ in range(copies)]
+
+        def run(x: torch.Tensor) -> Any:
+            return cpu.gemm_e8p(x, nxt(codes))
+
+        # codes, the float32 scale and the sign vectors at one bit each (the 2 MiB table is shared)
+        return run, codes[0].nbytes + 4 + (n + k) // 8
     bits = 4 if fmt == "int4" else 2
     nbytes = n * k * bits // 8
     levels = 2**bits if fmt.startswith("int") else 3  # trits are codes 0, 1, 2
@@ -186,7 +200,7 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
                 torch_s[t, b] = median_seconds(lambda b=b, w=w: F.linear(xs[b], w), args.repeats)
         del w  # 256 MiB at 8192²: free it before the packed weights are built
         for fmt in args.formats:
-            bytes_one = n * k * {"int4": 4, "int2": 2, "binary": 1}.get(fmt, 2) // 8  # aqlm-2x8: 2 bits
+            bytes_one = n * k * {"int4": 4, "int2": 2, "binary": 1}.get(fmt, 2) // 8  # aqlm-2x8, e8p: 2 bits
             copies = max(1, -(-args.min_bytes // bytes_one))
             run, nbytes = _kernel(fmt, n, k, copies, rng)
             for t in args.threads:
