@@ -94,7 +94,7 @@ EXTRA_KEYS = ("family", "quantized_bytes", "float_bytes", "config", "kernel", "e
               "calibration", "eval_seconds")
 #: packed kernel formats per hardware (``qcourse.kernels``: numba on the CPU, Triton on a GPU)
 KERNEL_FORMATS = {
-    "cpu": frozenset({"int1", "int2", "int4", "int8", "ternary", "aqlm-1x8", "aqlm-2x8"}),
+    "cpu": frozenset({"int1", "int2", "int4", "int8", "ternary", "ternary-base3", "aqlm-1x8", "aqlm-2x8"}),
     "gpu": frozenset({"int1", "int2", "int4", "int8", "ternary"}),
 }
 #: the shipped tables (:func:`load_rows`)
@@ -324,9 +324,9 @@ def _score(model: nn.Module, family: str) -> tuple[float, float, int, float]:
 
 
 def _kernel(model: nn.Module) -> str | None:
-    """The packed-kernel format of the model's quantized linears (one for all of them), else ``None``."""
-    from qcourse.methods.aqlm import AQLMWeight
-    from qcourse.methods.bitnet import TernaryWeight
+    """The packed CPU kernel of the model's quantized linears (:func:`qcourse.kernels.kernel_name`, one for
+    all of them), ``"ternary"`` for frozen BitLinear layers (2-bit packed trits), else ``None``."""
+    from qcourse.kernels import kernel_name
     from qcourse.nn.bitlinear import BitLinear
     from qcourse.nn.linear import QuantLinear
 
@@ -335,22 +335,8 @@ def _kernel(model: nn.Module) -> str | None:
         if isinstance(mod, BitLinear) and mod.frozen:
             kinds.add("ternary")       # 2-bit packed trits, the ternary kernel's layout
         elif isinstance(mod, QuantLinear):
-            kinds.add(_weight_kernel(mod.qweight, AQLMWeight, TernaryWeight))
+            kinds.add(kernel_name(mod.qweight))
     return kinds.pop() if len(kinds) == 1 else None
-
-
-def _weight_kernel(qw: Any, aqlm_cls: type, ternary_cls: type) -> str | None:
-    from qcourse.affine import AffineQuantizedWeight
-
-    if isinstance(qw, AffineQuantizedWeight):
-        ok = qw.bits in (1, 2, 4, 8) and (qw.axis == 1 or qw.group_size == "tensor")
-        return f"int{qw.bits}" if ok else None
-    if isinstance(qw, ternary_cls):
-        # base-3 packing (1.6 bits/trit) has no kernel; the 2-bit packing does
-        return "ternary" if qw.packing_kind == "2bit" else None
-    if isinstance(qw, aqlm_cls):
-        return f"aqlm-{qw.n_codebooks}x8" if qw.codebook_bits == 8 else None
-    return None
 
 
 #: the decode benchmark of :func:`decode_tokens_per_second`: prompt, new tokens, timed repeats, threads

@@ -426,7 +426,7 @@ def test_decode_tokens_per_second():
     q, _ = quantize_model(m, "rtn", bits=4, group_size=64, progress=False)
     tps = C.decode_tokens_per_second(q)
     assert (tps > 0) if cpu.AVAILABLE else tps is None
-    base3, _ = quantize_model(m, "bitnet", bits=1.58, group_size=None, progress=False)   # base-3 trits
-    assert C.decode_tokens_per_second(base3) is None                           # no packed kernel
+    int3, _ = quantize_model(m, "rtn", bits=3, group_size=64, progress=False)
+    assert C.decode_tokens_per_second(int3) is None                            # no packed 3-bit kernel
     with pytest.raises(ValueError, match="formats must be among"):
         C.decode_speeds("austen", ["int3"])

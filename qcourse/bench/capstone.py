@@ -42,7 +42,8 @@ from qcourse.bench import ArgumentParser, bits_list, names
 
 #: cached whole-SmolLM2 results (same 2,048 validation tokens, 16×256 calibration, seed 0): file -> how to
 #: read ``(method, bits, bits_per_weight, ppl, quantize_seconds)`` rows out of it
-RESULT_FILES = ("aqlm_smollm2.json", "quip_smollm2.json", "hqq_controls_smollm2.json")
+RESULT_FILES = ("aqlm_smollm2.json", "quip_smollm2.json", "hqq_controls_smollm2.json",
+                "rtn_gptq2_smollm2.json")
 _RESULTS_DIR = Path(C.__file__).parent / "data" / "results"
 
 
@@ -62,6 +63,10 @@ def _parser() -> ArgumentParser:
                    help="skip the decode tokens/s measurement (embedded family)")
     p.add_argument("--no-reuse-results", dest="reuse", action="store_false",
                    help="SmolLM2: run configurations that have a cached result file instead of reading it")
+    p.add_argument("--extra-results", type=names, default=[],
+                   help="SmolLM2: more cached result files ({command, result: bench quality output}) to read")
+    p.add_argument("--cached-only", action="store_true",
+                   help="compute nothing: list configurations with no cached row under 'missing'")
     p.add_argument("--out", default=None, help="also write the JSON to this file")
     p.add_argument("--progress", action="store_true", help="show a progress bar over configurations")
     return p
@@ -111,14 +116,16 @@ def smollm2_float_bytes() -> tuple[int, int, int]:
     return counts["total"] - q_bytes, q_weights, C.count_params(model)
 
 
-def _result_rows() -> dict[tuple[str, float], dict[str, Any]]:
+def _result_rows(extra: Sequence[str] = ()) -> dict[tuple[str, float], dict[str, Any]]:
     """``(method, bits) -> {bits_per_weight, ppl, quantize_seconds, source_file, command, fp_ppl}`` from the
-    cached whole-SmolLM2 result files."""
+    cached whole-SmolLM2 result files (those of :data:`RESULT_FILES` that exist, then ``extra`` paths)."""
     out: dict[tuple[str, float], dict[str, Any]] = {}
-    for name in RESULT_FILES:
-        path = _RESULTS_DIR / name
+    paths = [_RESULTS_DIR / n for n in RESULT_FILES if (_RESULTS_DIR / n).is_file()]
+    paths += [Path(p) for p in extra]
+    for path in paths:
+        name = path.name if path.parent == _RESULTS_DIR else str(path)
         if not path.is_file():
-            continue
+            raise FileNotFoundError(f"--extra-results: no file {path}")
         doc = json.loads(path.read_text())
         if "result" in doc:   # bench quality output wrapped with its command
             res = doc["result"]
@@ -127,15 +134,19 @@ def _result_rows() -> dict[tuple[str, float], dict[str, Any]]:
                     "bits_per_weight": r["bits_per_weight"], "ppl": r["ppl"],
                     "quantize_seconds": r["quantize_seconds"], "fp_ppl": res["fp_ppl"],
                     "tokens": res["tokens"],
-                    "source_file": f"qcourse/data/results/{name}", "command": doc["command"]}
+                    "source_file": _shown(name), "command": doc["command"]}
         else:                 # bench hqq_controls: RTN and HQQ variants
             for r in doc["rows"]:
                 if r["variant"] in ("rtn", "hqq"):
                     out[(r["variant"], r["bits"])] = {
                         "bits_per_weight": r["stored_bits_per_weight"], "ppl": r["ppl"],
                         "quantize_seconds": r["seconds"], "fp_ppl": doc["fp_ppl"], "tokens": doc["tokens"],
-                        "source_file": f"qcourse/data/results/{name}", "command": doc["command"]}
+                        "source_file": _shown(name), "command": doc["command"]}
     return out
+
+
+def _shown(name: str) -> str:
+    return name if "/" in name else f"qcourse/data/results/{name}"
 
 
 def assembled_row(method: str, bits: float, cached: dict[str, Any]) -> dict[str, Any]:
@@ -155,7 +166,8 @@ def assembled_row(method: str, bits: float, cached: dict[str, Any]) -> dict[str,
     affine = method in ("rtn", "hqq", "gptq")
     gs = C.GROUP_SIZE if affine else None
     # the packed format the row's layers are stored in (as run() reports it; E8P and 3-bit have no kernel)
-    kernel = f"int{bits}" if affine and bits in (1, 2, 4, 8) else None
+    # GPTQ's own weight class has no kernel dispatch (qcourse.kernels.kernel_name): as run() reports it
+    kernel = f"int{bits}" if method in ("rtn", "hqq") and bits in (1, 2, 4, 8) else None
     if method == "aqlm":
         kernel = f"aqlm-{bits}x8"
     return {"model": "smollm2-135m", "params": params, "method": method, "bits": bits, "group_size": gs,
@@ -176,18 +188,21 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
     seed_everything(0)
     started = time.perf_counter()
     configs = configurations(args)
-    reuse = _result_rows() if args.model == "smollm2-135m" and args.reuse else {}
+    reuse = _result_rows(args.extra_results) if args.model == "smollm2-135m" and args.reuse else {}
     it: Any = configs
     if args.progress:
         from tqdm.auto import tqdm
 
         it = tqdm(configs, desc="capstone", unit="config")
-    rows = []
+    rows, missing = [], []
     for model, method, bits in it:
-        if (method, bits) in reuse:
+        cached = C.cache_path(model, method, bits, directory=args.cache).is_file() and not args.recompute
+        if not cached and (method, bits) in reuse:
             rows.append(assembled_row(method, bits, reuse[(method, bits)]))
-        else:
+        elif cached or not args.cached_only:
             rows.append(C.run(model, method, bits, cache=args.cache, recompute=args.recompute))
+        else:
+            missing.append({"model": model, "method": method, "bits": bits})
     speeds = {}
     if args.speed and args.model == "austen":
         # one pass per model and packed format, side by side at the end (ratios compare; see decode_speeds)
@@ -204,7 +219,7 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
             f"RTN/HQQ/GPTQ groups of {C.GROUP_SIZE}; timings on a shared machine under load")
     out = {"command": "python -m qcourse.bench capstone " + " ".join(argv), **_machine(), "note": note,
            "settings": s, "speed": {**C.SPEED, "tokens_per_second": speeds} if speeds else None,
-           "rows": rows, "total_seconds": time.perf_counter() - started}
+           "rows": rows, "missing": missing, "total_seconds": time.perf_counter() - started}
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1) + "\n")
     return out
