@@ -45,9 +45,11 @@ def test_matmul_cpu_backend_and_errors():
                                atol=1e-4)
     assert kernels.kernel_name(qw) == "int4"
     base3 = TernaryWeight(torch.zeros(2, 5, dtype=torch.int8), torch.tensor(1.0), "base3")
-    assert kernels.kernel_name(base3) is None
+    assert kernels.kernel_name(base3) == "ternary-base3"
+    three = _affine(3, 4, 12, 6)  # 3-bit codes straddle bytes: no CPU kernel
+    assert kernels.kernel_name(three) is None
     with pytest.raises(ValueError, match="no CPU kernel"):
-        kernels.matmul(torch.randn(5), base3, backend="cpu")
+        kernels.matmul(torch.randn(12), three, backend="cpu")
     with pytest.raises(ValueError, match="backend must be"):
         kernels.matmul(x, qw, backend="gpu")
     with pytest.raises(ValueError, match="in_features=20"):
