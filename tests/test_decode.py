@@ -154,7 +154,8 @@ def test_decode_speed_reports_and_restores_threads(austen):
     r = decode.decode_speed(austen, "Emma", new_tokens=6, threads=1, repeats=2)
     assert torch.get_num_threads() == before
     assert set(r) == {"tokens_per_second", "seconds", "prefill_seconds", "decode_tokens_per_second", "text",
-                      "threads", "prompt_tokens", "new_tokens", "repeats"}
+                      "threads", "prompt_tokens", "new_tokens", "repeats", "cpu_seconds"}
+    assert r["cpu_seconds"] > 0
     assert r["text"] == decode.greedy(austen, "Emma", 6)
     assert r["threads"] == 1 and r["prompt_tokens"] == 4 and r["new_tokens"] == 6 and r["repeats"] == 2
     assert r["tokens_per_second"] == pytest.approx(6 / r["seconds"])

@@ -20,6 +20,7 @@ def test_bench_rows_cover_every_format_thread_and_batch():
     for r in out["rows"]:
         assert r["shape"] == [64, 64]
         assert r["speedup"] == pytest.approx(r["torch_seconds"] / r["seconds"])
+        assert r["cpu_speedup"] == pytest.approx(r["torch_cpu_seconds"] / r["cpu_seconds"])
         assert r["gb_s"] == pytest.approx(r["weight_bytes"] / r["seconds"] / 1e9)
         assert r["bandwidth_fraction"] == pytest.approx(r["gb_s"] / out["copy_gb_s"])
         # 64x64 int4 = 2048 bytes: one copy reaches --min-bytes; binary (512 bytes) needs four
@@ -35,6 +36,7 @@ def test_bench_decode_rows_compare_float_and_packed_models():
     assert [(r["model"], r["bits"], r["threads"]) for r in rows] == [("austen", 4, 1), ("austen", 2, 1)]
     for r in rows:
         assert r["speedup"] == pytest.approx(r["tokens_per_second"] / r["float_tokens_per_second"])
+        assert r["cpu_speedup"] > 0
         assert r["new_tokens"] == 3 and r["text"].startswith(out["decode_prompt"])
         assert r["float_text"].startswith(out["decode_prompt"]) and r["head"] == "float"
     assert rows[0]["kernels"] == ["int4"] and rows[1]["kernels"] == ["int2"]

@@ -152,7 +152,9 @@ def decode_speed(model: Llama, prompt: str = "It is a truth universally acknowle
     -------
     dict
         ``tokens_per_second`` (``new_tokens / seconds``, prefill included), ``seconds`` (median time of one
-        run), ``prefill_seconds`` (median time of the prompt's forward pass), ``decode_tokens_per_second``
+        run), ``prefill_seconds`` (median time of the prompt's forward pass), ``cpu_seconds`` (median CPU
+        time of one run, all threads: on a shared machine, at one thread, a steadier figure than the wall
+        clock, which also counts the time other programs held the core), ``decode_tokens_per_second``
         (the ``new_tokens − 1`` one-token steps alone, ``None`` when ``new_tokens`` is 1), ``text`` (prompt
         and continuation), ``threads`` (torch's thread count used), ``prompt_tokens``, ``new_tokens``,
         ``repeats``.
@@ -180,11 +182,12 @@ def decode_speed(model: Llama, prompt: str = "It is a truth universally acknowle
             _set_threads(threads)
         cache = KVCache.for_model(model, max_len=len(ids) + new_tokens)
         out, _ = greedy_tokens(model, ids, min(new_tokens, 2), cache)  # warm-up
-        seconds, prefills = [], []
+        seconds, prefills, cpu_times = [], [], []
         for _ in range(repeats):
-            start = time.perf_counter()
+            start, start_cpu = time.perf_counter(), time.process_time()
             out, prefill = greedy_tokens(model, ids, new_tokens, cache)
             seconds.append(time.perf_counter() - start)
+            cpu_times.append(time.process_time() - start_cpu)
             prefills.append(prefill)
         used = torch.get_num_threads()
     finally:
@@ -200,6 +203,7 @@ def decode_speed(model: Llama, prompt: str = "It is a truth universally acknowle
         "tokens_per_second": new_tokens / sec,
         "seconds": sec,
         "prefill_seconds": pre,
+        "cpu_seconds": statistics.median(cpu_times),
         "decode_tokens_per_second": (new_tokens - 1) / steps if new_tokens > 1 and steps > 0 else None,
         "text": model.tokenizer.decode(ids + out),
         "threads": used,
