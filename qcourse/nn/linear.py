@@ -60,7 +60,10 @@ class QuantLinear(nn.Module):
         (default) decodes ``Ŵ`` as above; ``"auto"`` uses the packed numba kernel when the format has one
         and numba is installed, and decodes otherwise; ``"cpu"`` requires the packed kernel; ``"reference"``
         runs the slow packed oracle. Kernels are used only when no gradient to the input is needed
-        (``torch.no_grad()`` or an input without ``requires_grad``); training always decodes.
+        (``torch.no_grad()`` or an input without ``requires_grad``); training always decodes. The fastest
+        kernels (int4/int2/ternary tiles, E8P) read a copy of the codes laid out for them
+        (:func:`qcourse.kernels.prepare`, built on the first kernel forward: as many bytes as the codes plus
+        float32 scales); :func:`set_kernel` switches a whole model and drops decoded float copies.
 
     Notes
     -----
