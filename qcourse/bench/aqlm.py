@@ -11,7 +11,9 @@ wall-clock seconds of the quantization (calibration excluded). ``--identity`` al
 what the calibration objective buys. A configuration whose codebook has more entries than the layer has
 groups (1×16 on a small layer) is listed with ``skipped`` and the reason.
 
-``seconds`` is the time AQLM takes for that one layer (``--threads`` torch threads). When SmolLM2's wheel is
+``seconds`` is the wall-clock time AQLM takes for that one layer (``--threads`` torch threads) and
+``cpu_seconds`` the CPU time of the process meanwhile (all threads; steadier than wall time on a shared
+machine). When SmolLM2's wheel is
 not installed its rows are left out and ``skipped_models`` says why. ``whole_model`` is not measured by this
 command: it is the cached whole-model SmolLM2 result (AQLM 2×8 on all 210 block linears, perplexity against
 full precision) read from ``qcourse/data/results/aqlm_smollm2.json``, labelled ``"cached"`` with the command
@@ -161,13 +163,14 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
                                       f"codebook; this layer has {groups}")
                     rows.append(row)
                     continue
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.process_time()
                 res = aqlm_quantize(w, H, M, B, 8, beam_size=args.beam_size, rounds=args.rounds,
                                     kmeans_iters=args.kmeans_iters, seed=args.seed)
-                seconds = time.perf_counter() - t0
+                seconds, cpu_seconds = time.perf_counter() - t0, time.process_time() - c0
                 qw = AQLMWeight(res.codes, res.codebooks, res.scales, B)
                 row.update(bits_per_weight=qw.bits_per_weight, code_bits_per_weight=M * B / 8,
                            rel_output_error=res.objective / ref, seconds=round(seconds, 3),
+                           cpu_seconds=round(cpu_seconds, 3),
                            rounds=res.rounds, objective_history=[v / ref for v in res.history])
                 if args.identity:
                     eye = torch.eye(inp, dtype=torch.float64)
