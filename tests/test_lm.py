@@ -382,3 +382,35 @@ def test_lm_cli_bad_values_give_usage_and_exit_2(argv, capsys):
         main(argv)
     assert exc.value.code == 2
     assert "usage: python -m qcourse.lm" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, size", [("austen-small", "small"), ("austen-medium", "medium"), ("austen", "large")]
+)
+def test_model_family_ships_with_its_recipe_and_records(name, size):
+    """Lesson 09's family: the same recipe, data and seed as the shipped model; only the width differs."""
+    from qcourse.lm.embedded import MODEL_DIRS
+    from qcourse.lm.train import MODEL_SIZES, TRAIN_CONFIG
+
+    model = lm.load(name)  # verifies the weights' sha256 against training.json
+    record = training_record(MODEL_DIRS[name])
+    assert model.config == MODEL_SIZES[size]
+    assert record["parameters"] == model.num_parameters()
+    recipe = {k: v for k, v in record["train_config"].items() if k != "threads"}
+    assert recipe == {k: v for k, v in TRAIN_CONFIG.__dict__.items() if k != "threads"}
+
+
+def test_model_family_spans_about_four_times_in_parameters_and_quality_grows_with_size():
+    from qcourse.lm.embedded import MODEL_DIRS
+
+    recs = [training_record(MODEL_DIRS[n]) for n in ("austen-small", "austen-medium", "austen")]
+    params = [r["parameters"] for r in recs]
+    assert params == sorted(params) and params[-1] / params[0] > 3.5
+    ppl = [r["validation"]["perplexity"] for r in recs]
+    assert ppl == sorted(ppl, reverse=True)
+
+
+def test_train_cli_refuses_an_unknown_size(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli_main(["train", "--size", "huge"])
+    assert exc.value.code == 2 and "--size" in capsys.readouterr().err
