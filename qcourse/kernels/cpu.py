@@ -32,8 +32,9 @@ Each kernel here streams the packed bytes row by row and unpacks them with shift
   each): a sign bit ``c`` means ``α(2c − 1) = 2α·(c − ½)``, the 1-bit affine format with scale ``2α`` and
   zero ``½``, so each basis runs the 1-bit :func:`gemm_affine` kernel and the bases add up.
 * :func:`gemm_e8p` — QuIP#'s E8P codes (16 bits per 8 weights, plus a second residual stage at 3 and 4
-  bits): each code indexes the decode table (the 2¹⁶ points of :func:`qcourse.lattice.e8p_codebook`,
-  float32, 2 MiB, shared by every weight) and the 8-vector it names is dotted with 8 activations. The
+  bits): each code indexes the decode table (the 2¹⁶ points of :func:`qcourse.lattice.e8p_codebook`, held
+  as int8 quarters: 512 KiB, shared by every weight, small enough for the L2 cache) and the 8-vector it
+  names is dotted with 8 activations. The
   randomized Hadamard transforms go around the product, as in the method's ``dequantize``: the input is
   rotated with the input signs first and the output rotated back with the output signs after, so the
   weight is never decoded (``x Ŵᵀ = RHT⁻¹_out(wscale · RHT_in(x) · decode(codes)ᵀ)``).
@@ -392,24 +393,26 @@ if AVAILABLE:
         for bits, fn in ((4, _tiles4), (2, _tiles2)) for par in (False, True)
     }
 
-    def _e8p(xt, codes, t1, t2, out):
-        # codes [m, J, stages] (uint16); t1/t2 [entries, 8] float32 decode tables (t2 already divided by the
-        # residual scale); xt [B, n] the rotated input; out[b, r] = Σ_j <t1[c1] + t2[c2], xt[b, 8j:8j+8]>
+    def _e8p(xt, codes, t1, t2, s1, s2, out):
+        # codes [m, J, stages] (uint16); t1/t2 [entries, 8] int8 decode tables holding the points in units of
+        # s1/s2 (E8P: quarters), so the 2¹⁶-entry table is 512 KiB and stays in the L2 cache; xt [B, n] the
+        # rotated input; out[b, r] = Σ_j <s1·t1[c1] + s2·t2[c2], xt[b, 8j:8j+8]>
         b_count = xt.shape[0]
         m, groups, stages = codes.shape
         for r in prange(m):
             for b in range(b_count):
-                acc = np.float32(0.0)
+                acc1 = np.float32(0.0)
+                acc2 = np.float32(0.0)
                 for j in range(groups):
                     o = 8 * j
                     c = np.int32(codes[r, j, 0])
                     for i in range(8):
-                        acc += t1[c, i] * xt[b, o + i]
+                        acc1 += np.float32(t1[c, i]) * xt[b, o + i]
                     if stages == 2:
                         c = np.int32(codes[r, j, 1])
                         for i in range(8):
-                            acc += t2[c, i] * xt[b, o + i]
-                out[b, r] = acc
+                            acc2 += np.float32(t2[c, i]) * xt[b, o + i]
+                out[b, r] = s1 * acc1 + s2 * acc2
 
     @njit(parallel=True, fastmath=True, cache=True)
     def _base3(xb, packed, digits, gamma, n, k):
@@ -670,7 +673,7 @@ class E8PCodes:
             raise ValueError("qweight must be a QuIPWeight with the E8P codebook (codebook='e8p')")
         self.shape, self.bits = qweight.shape, qweight.bits
         self.codes = np.ascontiguousarray(qweight.codes.numpy().astype(np.uint16))
-        self.t1, self.t2 = _e8p_tables(qweight.bits)
+        self.t1, self.t2, self.s1, self.s2 = _e8p_tables(qweight.bits)
         self.wscale = float(qweight.wscale)
         self.s_in = None if qweight.s_in is None else qweight.s_in.to(torch.float32)
         self.s_out = None if qweight.s_out is None else qweight.s_out.to(torch.float32)
@@ -684,24 +687,32 @@ class E8PCodes:
         return f"E8PCodes(bits={self.bits}, shape={self.shape}, nbytes={self.nbytes})"
 
 
-def _e8p_tables(bits: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first-stage E8P table and the second stage's (divided by its residual scale), float32."""
+def _e8p_tables(bits: int) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """The decode tables of both stages as int8 multiples of a unit, and the units: E8P points are odd
+    multiples of ¼, so ``point = ¼·t1[c]``; the second stage (divided by its residual scale in
+    ``rvq_decode``) is E8P again at 4 bits and the 1-bit E8 codebook (multiples of ½) at 3 bits."""
     from qcourse import lattice
 
     key = ("e8p", bits)
     if key not in _TABLES:
-        t1 = np.ascontiguousarray(lattice.e8p_codebook(torch.float64).to(torch.float32).numpy())
+        def as_int8(grid: torch.Tensor, unit: float) -> np.ndarray:
+            q = grid / unit
+            if not torch.equal(q, q.round()) or q.abs().max() > 127:
+                raise RuntimeError("codebook entries are not small multiples of the unit")  # pragma: no cover
+            return np.ascontiguousarray(q.to(torch.int8).numpy())
+
+        t1 = as_int8(lattice.e8p_codebook(torch.float64), 0.25)
         if bits == 2:
-            t2 = np.zeros((1, 8), np.float32)
+            t2, s2 = np.zeros((1, 8), np.int8), 0.0
         else:
-            # rvq_decode adds the second stage's points divided by the residual scale
-            grid = lattice.e8p_codebook(torch.float64) if bits == 4 else lattice.e81b_codebook(torch.float64)
-            t2 = np.ascontiguousarray((grid / lattice.RVQ_RESIDUAL_SCALE[bits]).to(torch.float32).numpy())
-        _TABLES[key] = (t1, t2)
+            grid, unit = ((lattice.e8p_codebook(torch.float64), 0.25) if bits == 4
+                          else (lattice.e81b_codebook(torch.float64), 0.5))
+            t2, s2 = as_int8(grid, unit), unit / lattice.RVQ_RESIDUAL_SCALE[bits]
+        _TABLES[key] = (t1, t2, 0.25, s2)
     return _TABLES[key]
 
 
-_TABLES: dict[tuple[str, int], tuple[np.ndarray, np.ndarray]] = {}
+_TABLES: dict[tuple[str, int], tuple[np.ndarray, np.ndarray, float, float]] = {}
 
 
 def prepare_e8p(qweight) -> E8PCodes:
@@ -732,7 +743,8 @@ def gemm_e8p(x: torch.Tensor, qweight) -> torch.Tensor:
         xt = hadamard.rht(xt, prep.s_in)          # the input in the weight's rotated basis
     out = np.empty((xb.shape[0], m), dtype=np.float32)
     kernel = _E8P_KERNELS[_threads() > 1 and m * n >= PARALLEL_MIN]
-    kernel(np.ascontiguousarray(xt.numpy()), prep.codes, prep.t1, prep.t2, out)
+    kernel(np.ascontiguousarray(xt.numpy()), prep.codes, prep.t1, prep.t2, np.float32(prep.s1),
+           np.float32(prep.s2), out)
     y = torch.from_numpy(out) * np.float32(prep.wscale)
     if prep.s_out is not None:
         y = hadamard.inverse_rht(y, prep.s_out)   # back from the rotated output basis
