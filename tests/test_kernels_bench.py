@@ -31,15 +31,18 @@ def test_bench_rows_cover_every_format_thread_and_batch():
 def test_bench_decode_rows_compare_float_and_packed_models():
     out = kernels.main(["--size", "64", "--threads", "1", "--batches", "1", "--repeats", "1",
                         "--min-bytes", "0", "--formats", "int4", "--decode-models", "austen",
-                        "--decode-bits", "4,2", "--decode-tokens", "3", "--decode-repeats", "1"])
+                        "--decode-bits", "4,2", "--decode-tokens", "3", "--decode-repeats", "1",
+                        "--decode-heads", "float,packed"])
     rows = out["decode"]
-    assert [(r["model"], r["bits"], r["threads"]) for r in rows] == [("austen", 4, 1), ("austen", 2, 1)]
+    assert [(r["model"], r["bits"], r["head"], r["threads"]) for r in rows] == [
+        ("austen", 4, "float", 1), ("austen", 2, "float", 1), ("austen", 4, "packed", 1),
+        ("austen", 2, "packed", 1)]
     for r in rows:
         assert r["speedup"] == pytest.approx(r["tokens_per_second"] / r["float_tokens_per_second"])
         assert r["cpu_speedup"] > 0
         assert r["new_tokens"] == 3 and r["text"].startswith(out["decode_prompt"])
-        assert r["float_text"].startswith(out["decode_prompt"]) and r["head"] == "float"
-    assert rows[0]["kernels"] == ["int4"] and rows[1]["kernels"] == ["int2"]
+        assert r["float_text"].startswith(out["decode_prompt"])
+        assert r["kernels"] == [f"int{r['bits']}"]
 
 
 @pytest.mark.parametrize("argv,msg", [
@@ -49,6 +52,7 @@ def test_bench_decode_rows_compare_float_and_packed_models():
     (["--threads", "999"], "--threads at most"),
     (["--decode-models", "gpt2"], "decode models must be among"),
     (["--decode-bits", "3"], "--decode-bits must be among"),
+    (["--decode-heads", "int8"], "decode heads must be among"),
 ])
 def test_bench_bad_arguments(argv, msg):
     with pytest.raises(UsageError, match=msg):
