@@ -292,9 +292,9 @@ def _snapshot(model_id: str, models: Mapping[str, Any], depth: int = 0) -> tuple
     if name in _CHOICE_MODELS:
         labels, index = state.get("_options_labels", []), state.get("index")
         value = labels[index] if isinstance(index, int) and 0 <= index < len(labels) else "—"
-        return [f"{desc or 'choice'}: {value}"], []
+        return [f"{desc}: {value}" if desc else str(value)], []
     if name in _VALUE_MODELS:
-        return [f"{desc or 'value'}: {state.get('value')}"], []
+        return [f"{desc}: {state.get('value')}" if desc else str(state.get("value"))], []
     if name in {"HTMLModel", "HTMLMathModel"}:
         return [], [str(state.get("value", ""))] if state.get("value") else []
     if name == "LabelModel":

@@ -204,6 +204,24 @@ def test_static_widgets_turns_a_progress_bar_into_its_final_line():
     assert "|" + "█" * 5 + " " * 15 + "|" in half["cells"][0]["outputs"][0]["data"]["text/plain"]
 
 
+def test_static_widgets_snapshot_names_each_setting():
+    state = {"box": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_t", "IPY_MODEL_s",
+                                                                       "IPY_MODEL_u", "IPY_MODEL_o"]}},
+             "t": {"model_name": "ToggleButtonsModel",
+                   "state": {"description": "", "_options_labels": ["off", "on"], "index": 1}},
+             "s": {"model_name": "IntSliderModel", "state": {"description": "bits", "value": 3}},
+             "u": {"model_name": "LabelModel", "state": {"value": "a < b"}},
+             "o": {"model_name": "OutputModel",
+                   "state": {"outputs": [{"output_type": "stream", "text": "x"}]}}}
+    out = {"output_type": "display_data", "metadata": {}, "data": {WIDGET_VIEW: {"model_id": "box"}}}
+    nb = {"metadata": {"widgets": {WIDGET_STATE: {"state": state}}},
+          "cells": [{"cell_type": "code", "outputs": [out]}]}
+    assert static_widgets(nb) == 1
+    page = nb["cells"][0]["outputs"][0]["data"]["text/html"]
+    assert '<p class="qc-widget-settings">on · bits: 3</p>' in page
+    assert '<div class="qc-widget-readout">a &lt; b</div>' in page and "Interactive widget" in page
+
+
 def test_static_widgets_removes_a_widget_closed_before_the_run_ended():
     nb = _tqdm_notebook(40, 40)
     nb["metadata"]["widgets"][WIDGET_STATE]["state"].pop("bar")   # tqdm(leave=False) closes its bar
