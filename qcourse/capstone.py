@@ -54,7 +54,8 @@ __all__ = [
     "CACHE_VERSION", "CALIBRATED", "EXTRA_KEYS", "FAMILY", "GROUP_SIZE", "KERNEL_FORMATS", "METHOD_LABELS",
     "RESULTS", "ROW_KEYS", "SETTINGS", "SOURCES", "TRAINED", "TRAINED_MODELS", "Config", "best_within",
     "byte_counts", "cache_dir", "cache_path", "count_params", "equal_bytes_comparison", "family_of", "grid",
-    "decode_speeds", "decode_tokens_per_second", "load_rows", "pareto", "recommend", "run", "screen", "SPEED",
+    "decode_speeds", "decode_tokens_per_second", "format_kernel", "load_rows", "pareto", "recommend", "run",
+    "screen", "SPEED",
     "SPEED_FORMATS",
 ]
 
@@ -94,7 +95,8 @@ EXTRA_KEYS = ("family", "quantized_bytes", "float_bytes", "config", "kernel", "e
               "calibration", "eval_seconds")
 #: packed kernel formats per hardware (``qcourse.kernels``: numba on the CPU, Triton on a GPU)
 KERNEL_FORMATS = {
-    "cpu": frozenset({"int1", "int2", "int4", "int8", "ternary", "ternary-base3", "aqlm-1x8", "aqlm-2x8"}),
+    "cpu": frozenset({"int1", "int2", "int4", "int8", "ternary", "ternary-base3", "aqlm-1x8", "aqlm-2x8",
+                      "binary-signs", "e8p"}),
     "gpu": frozenset({"int1", "int2", "int4", "int8", "ternary"}),
 }
 #: the shipped tables (:func:`load_rows`)
@@ -339,6 +341,33 @@ def _kernel(model: nn.Module) -> str | None:
     return kinds.pop() if len(kinds) == 1 else None
 
 
+@functools.lru_cache(maxsize=64)
+def format_kernel(method: str, bits: float | None, config: str | None = None) -> str | None:
+    """The packed kernel (:func:`qcourse.kernels.kernel_name`) of the format ``method`` stores at ``bits``:
+    found by quantizing a small seeded weight the same way, so a table's ``kernel`` column follows the kernels
+    the package has now. ``None`` for float rows and formats without one; ``"ternary"`` for the trained
+    twin's 2-bit packed trits.
+
+    >>> format_kernel("rtn", 3), format_kernel("fp32", None)
+    (None, None)
+    """
+    from qcourse import methods
+    from qcourse.kernels import kernel_name
+
+    if method == "fp32":
+        return None
+    if method in TRAINED:
+        return "ternary"
+    opts = {"config": config} if config else None
+    m, bits, group_size, options = _resolve("austen", method, bits, "auto", opts)
+    if method == "aqlm":
+        options.update(rounds=0, kmeans_iters=1)     # same storage layout, fitted cheaply
+    w = torch.randn(64, 128, generator=torch.Generator().manual_seed(0))
+    hessian = torch.eye(128) if m in CALIBRATED else None
+    qw = methods.get(m).quantize(w, bits=bits, group_size=group_size, hessian=hessian, **options)
+    return kernel_name(qw)
+
+
 #: the decode benchmark of :func:`decode_tokens_per_second`: prompt, new tokens, timed repeats, threads
 SPEED = {"prompt": "It is a truth universally acknowledged", "new_tokens": 32, "repeats": 3, "threads": 1}
 
@@ -447,7 +476,7 @@ def run(model: str, method: str = "fp32", bits: float | None = None, group_size:
 
 
 #: the formats :func:`decode_speeds` times
-SPEED_FORMATS = ("float", "int2", "int4", "int8", "ternary", "aqlm-1x8", "aqlm-2x8")
+SPEED_FORMATS = ("float", "int2", "int4", "int8", "ternary", "aqlm-1x8", "aqlm-2x8", "binary-signs", "e8p")
 
 
 def decode_speeds(model: str, formats: Sequence[str] = SPEED_FORMATS) -> dict[str, float | None]:
@@ -456,9 +485,10 @@ def decode_speeds(model: str, formats: Sequence[str] = SPEED_FORMATS) -> dict[st
 
     Speed depends on the format and the layer shapes, not on the values of the codes, so each format is
     timed on one model in that format: ``int2``/``int4``/``int8`` are RTN with groups of :data:`GROUP_SIZE`
-    (GPTQ and HQQ store the same layout), ``ternary`` is ternary PTQ with 2-bit packed trits, and
-    ``aqlm-Mx8`` is AQLM's layout fitted cheaply (residual k-means, no beam-search rounds). A format whose
-    kernel is missing on this machine (numba not installed) gives ``None``.
+    (HQQ stores the same layout), ``ternary`` is ternary PTQ with 2-bit packed trits, ``binary-signs`` binary
+    PTQ, ``aqlm-Mx8`` AQLM's layout fitted cheaply (residual k-means, no beam-search rounds) and ``e8p``
+    QuIP#'s 2-bit layout rounded to nearest (3- and 4-bit QuIP# add residual stages: not timed). A format
+    whose kernel is missing on this machine (numba not installed) gives ``None``.
     """
     from qcourse.nn import quantize_model
 
@@ -475,6 +505,11 @@ def decode_speeds(model: str, formats: Sequence[str] = SPEED_FORMATS) -> dict[st
             q, _ = quantize_model(base, "rtn", bits=int(fmt[3:]), group_size=GROUP_SIZE, progress=False)
         elif fmt == "ternary":
             q, _ = quantize_model(base, "bitnet", bits=1.58, group_size=None, packing="2bit", progress=False)
+        elif fmt == "binary-signs":
+            q, _ = quantize_model(base, "binary", bits=1, group_size=None, progress=False)
+        elif fmt == "e8p":   # QuIP#'s 2-bit E8P layout, rounded to nearest, not BlockLDLQ (same storage)
+            q, _ = quantize_model(base, "quip", bits=2, group_size=None, calib=_calib(model), progress=False,
+                                  rounding="nearest")
         else:
             m = int(fmt[5])
             q, _ = quantize_model(base, "aqlm", bits=m, group_size=None, calib=_calib(model),
