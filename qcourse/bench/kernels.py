@@ -179,7 +179,7 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
     p.add_argument("--threads", type=_int_list, default=[1, 2], help="thread counts (1,2)")
     p.add_argument("--batches", type=_int_list, default=[1, 4, 16], help="batch sizes (1,4,16)")
     p.add_argument("--formats", type=_format_list, default=list(FORMATS), help=",".join(FORMATS))
-    p.add_argument("--repeats", type=positive_int, default=5, help="timed runs per figure (5)")
+    p.add_argument("--repeats", type=positive_int, default=3, help="timed runs per figure (3)")
     p.add_argument("--min-bytes", type=non_negative_int, default=64 * 2**20,
                    help="bytes read between two uses of one weight copy (64 MiB, beats the cache)")
     p.add_argument("--seed", type=non_negative_int, default=0)
