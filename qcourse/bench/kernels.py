@@ -241,7 +241,7 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
                                  "weight_bytes": int(nbytes), "copies": copies})
     finally:
         torch.set_num_threads(prev_torch)
-        numba.set_num_threads(prev_numba)
+        cpu.set_threads(prev_numba)
     decode_rows = _decode_rows(args.decode_models, args.decode_bits, args.decode_heads, args.threads,
                                args.decode_tokens, args.decode_repeats)
     first = limits[str(args.threads[0])]
