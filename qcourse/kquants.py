@@ -17,15 +17,16 @@ Both types store a weight matrix row by row in blocks along the row (``ggml/src/
   and rounds every weight again on the sub-block grid those *quantized* numbers give.
 
 * **IQ4_NL** (18 bytes per 32 weights, 4.5 bits per weight): Q4_0's layout, but the 16 codes index the
-  non-uniform levels :data:`IQ4_NL_VALUES` (``y = d·value[q]``). llama.cpp's quantizer stores a tensor as IQ4_NL
-  when it was asked for Q2_K but the rows are not whole 256-weight super-blocks (:func:`stored_type`; SmolLM2's
-  rows of 576). The reference encoder (``quantize_row_iq4_nl_impl``, no importance matrix) weights each value by
-  ``x²`` and tries 15 scales around ``max/127``, keeping the weighted least-squares scale of the best.
+  non-uniform levels :data:`IQ4_NL_VALUES` (``y = d·value[q]``). llama.cpp's quantizer stores a tensor as
+  IQ4_NL when it was asked for Q2_K but the rows are not whole 256-weight super-blocks
+  (:func:`stored_type`; SmolLM2's rows of 576). The reference encoder (``quantize_row_iq4_nl_impl``, no
+  importance matrix) weights each value by ``x²`` and tries 15 scales around ``max/127``, keeping the
+  weighted least-squares scale of the best.
 
-The ``gguf`` package decodes all three types and encodes Q4_0; the tests prove that its decoder returns exactly
-our dequantized weights for our bytes, and that our Q4_0 bytes equal its encoder's. (The package has no
-Q2_K or IQ4_NL encoder; ours follow llama.cpp's reference step by step, in float32, and the tests compare them
-with a statement-by-statement transcription of the C loops.)
+The ``gguf`` package decodes all three types and encodes Q4_0; the tests prove that its decoder returns
+exactly our dequantized weights for our bytes, and that our Q4_0 bytes equal its encoder's. (The package has
+no Q2_K or IQ4_NL encoder; ours follow llama.cpp's reference step by step, in float32, and the tests compare
+them with a statement-by-statement transcription of the C loops.)
 
 **GPTQ in the format.** :class:`Q4_0Grid` and :class:`Q2_KGrid` are :class:`~qcourse.ldlq.BlockQuantizer`
 s (``dim = 1``), so :func:`qcourse.ldlq.ldlq` can choose the codes with error feedback while the file
