@@ -1,5 +1,5 @@
 """The course as a static website:
-``python -m qcourse.site build [--lessons 00,01] [--out DIR] [--no-execute]``.
+``python -m qcourse.site build [--lessons 00,01] [--out DIR] [--no-execute] [--keep-going]``.
 
 The build discovers the lessons by pattern (``notebooks/NN_slug.ipynb``, with ``exercises/NN_slug.ipynb``
 and ``solutions/NN_slug.ipynb`` when they exist), executes each lesson once with the same per-notebook time
@@ -20,7 +20,10 @@ mirrors the repository's layout, so the notebooks' relative links (``references.
 
 MkDocs (Material theme, ``mkdocs-jupyter``) then renders it with ``mkdocs.yml`` as the base config and the
 navigation in lesson order, into ``site/`` (never committed). Finally every internal ``href``/``src`` of the
-built site is checked: a link to a missing file or a missing ``#anchor`` fails the build.
+built site is checked: a link to a missing file or a missing ``#anchor`` fails the build. A lesson that
+fails or runs over its budget fails the build too, after every other lesson has run (one report lists
+them all); ``--keep-going`` still writes the site, with each failed lesson shown as committed under a
+warning, and exits 1.
 
 >>> lesson_number("07_rate_distortion.ipynb"), lesson_number("references.md")
 ('07', None)
@@ -690,7 +693,8 @@ def _numbers(text: str) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m qcourse.site build [--lessons 00,01] [--out DIR] [--no-execute] [--root DIR]``.
+    """``python -m qcourse.site build [--lessons 00,01] [--out DIR] [--no-execute] [--keep-going]
+    [--root DIR]``.
 
     Prints the build report as JSON on success (exit 0); a failed build prints why (exit 1); bad arguments
     print the usage line (exit 2).
