@@ -27,10 +27,15 @@ count and batch size the benchmark times the numba kernel of :mod:`qcourse.kerne
 A weight smaller than 64 MiB would sit in the last-level cache after the first call and be timed faster than
 memory allows, so each format cycles through enough distinct copies of its packed weight to read at least
 64 MiB between two uses of one copy. Formats without a CPU kernel yet are listed under ``missing``.
+
+Run it with ``OMP_WAIT_POLICY=PASSIVE`` (the Makefile exports it): torch and numba each keep an OpenMP
+thread pool, and with the default policy idle threads of one spin on the cores the other needs, which
+makes every multi-thread figure several times too slow on a 2-core machine (``notes`` says so).
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -245,7 +250,14 @@ def main(argv: Sequence[str] = ()) -> dict[str, Any]:
     decode_rows = _decode_rows(args.decode_models, args.decode_bits, args.decode_heads, args.threads,
                                args.decode_tokens, args.decode_repeats)
     first = limits[str(args.threads[0])]
-    return {"benchmark": "kernels", "machine": machine_info(args.threads[0]),
+    notes = []
+    if max(args.threads) > 1 and os.environ.get("OMP_WAIT_POLICY", "").upper() != "PASSIVE":
+        # measured here: 2-thread SmolLM2 decoding 2.0 tok/s float, 4.2 packed with the default policy;
+        # 9.2 and 39.9 with PASSIVE
+        notes.append("OMP_WAIT_POLICY is not PASSIVE: torch's and numba's OpenMP threads spin-wait against "
+                     "each other, so the multi-thread figures are far too slow; rerun with "
+                     "OMP_WAIT_POLICY=PASSIVE (the Makefile sets it)")
+    return {"benchmark": "kernels", "machine": machine_info(args.threads[0]), "notes": notes,
             "copy_gb_s": first["copy_gb_s"], "matmul_gflops": first["matmul_gflops"], "limits": limits,
             "group_size": GROUP, "rows": rows, "missing": list(MISSING), "decode": decode_rows,
             "decode_prompt": DECODE_PROMPT}
