@@ -1,9 +1,9 @@
 """Greedy decoding with the key/value cache, and its speed in tokens per second (lesson 08, capstone).
 
 At batch 1 every new token reads every weight of the model once, so decoding speed is set by the bytes of
-the weights and the memory bandwidth; packed low-bit linears (:func:`qcourse.kernels.pack_model`) read fewer
-bytes. :func:`decode_speed` measures it the way llama.cpp users quote it: the same prompt and the same
-number of new tokens, greedy (so two runs of one model produce the same text), at a fixed thread count.
+the weights and the memory bandwidth; packed low-bit linears (:func:`pack_model`) read fewer bytes.
+:func:`decode_speed` measures it the way llama.cpp users quote it: the same prompt and the same number of
+new tokens, greedy (so two runs of one model produce the same text), at a fixed thread count.
 
 >>> from qcourse.lm import toy_model
 >>> m = toy_model(max_seq_len=32)
@@ -144,7 +144,9 @@ def decode_speed(model: Llama, prompt: str = "It is a truth universally acknowle
         Tokens generated per run (>= 1).
     threads : int, optional
         Threads for torch *and* the numba kernels during the measurement (both are restored afterwards);
-        ``None`` keeps the current settings.
+        ``None`` keeps the current settings. Above one thread, start Python with ``OMP_WAIT_POLICY=PASSIVE``
+        (the Makefile does): otherwise the idle OpenMP threads of torch and numba spin on the cores the
+        other needs, and both models decode several times slower than at one thread.
     repeats : int
         Timed runs (>= 1).
 
