@@ -42,6 +42,7 @@ import hashlib
 import json
 import math
 import os
+import statistics
 import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
@@ -372,7 +373,7 @@ def format_kernel(method: str, bits: float | None, config: str | None = None) ->
 SPEED = {"prompt": "It is a truth universally acknowledged", "new_tokens": 32, "repeats": 3, "threads": 1}
 
 
-def decode_tokens_per_second(qmodel: nn.Module) -> float | None:
+def decode_tokens_per_second(qmodel: nn.Module, repeats: int | None = None) -> float | None:
     """Greedy decoding speed (tokens/s, batch 1, :data:`SPEED`) of a model whose quantized linears all run
     a packed kernel (:func:`qcourse.nn.linear.set_kernel`), or of a float model; ``None`` when some quantized
     layer has no packed kernel (it would only measure decoding the weights) or is a BitLinear (whose
@@ -392,7 +393,8 @@ def decode_tokens_per_second(qmodel: nn.Module) -> float | None:
         if used & {"decode", "reference"}:
             return None
     return float(decode_speed(qmodel, SPEED["prompt"], new_tokens=SPEED["new_tokens"],
-                              threads=SPEED["threads"], repeats=SPEED["repeats"])["tokens_per_second"])
+                              threads=SPEED["threads"],
+                              repeats=repeats or SPEED["repeats"])["tokens_per_second"])
 
 
 def run(model: str, method: str = "fp32", bits: float | None = None, group_size: int | None | str = "auto",
@@ -479,9 +481,11 @@ def run(model: str, method: str = "fp32", bits: float | None = None, group_size:
 SPEED_FORMATS = ("float", "int2", "int4", "int8", "ternary", "aqlm-1x8", "aqlm-2x8", "binary-signs", "e8p")
 
 
-def decode_speeds(model: str, formats: Sequence[str] = SPEED_FORMATS) -> dict[str, float | None]:
-    """Decode tokens/s of ``model`` (:func:`decode_tokens_per_second`) per packed format, measured one after
-    the other in this process, so the ratios compare (absolute numbers depend on the machine and its load).
+def decode_speeds(model: str, formats: Sequence[str] = SPEED_FORMATS, rounds: int = 5
+                  ) -> dict[str, float | None]:
+    """Decode tokens/s of ``model`` (:func:`decode_tokens_per_second`) per packed format: the median of
+    ``rounds`` measurements taken round-robin over the formats, so a change in the machine's load hits every
+    format alike and the ratios compare (absolute numbers depend on the machine and its load).
 
     Speed depends on the format and the layer shapes, not on the values of the codes, so each format is
     timed on one model in that format: ``int2``/``int4``/``int8`` are RTN with groups of :data:`GROUP_SIZE`
@@ -495,11 +499,13 @@ def decode_speeds(model: str, formats: Sequence[str] = SPEED_FORMATS) -> dict[st
     bad = [f for f in formats if f not in SPEED_FORMATS]
     if bad:
         raise ValueError(f"formats must be among {list(SPEED_FORMATS)}; got {bad}")
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise ValueError(f"rounds must be a positive int; got {rounds!r}")
     base = _model(model)
-    out: dict[str, float | None] = {}
+    built: dict[str, nn.Module] = {}
     for fmt in formats:
         if fmt == "float":
-            out[fmt] = decode_tokens_per_second(base)
+            built[fmt] = base
             continue
         if fmt.startswith("int"):
             q, _ = quantize_model(base, "rtn", bits=int(fmt[3:]), group_size=GROUP_SIZE, progress=False)
@@ -514,9 +520,18 @@ def decode_speeds(model: str, formats: Sequence[str] = SPEED_FORMATS) -> dict[st
             m = int(fmt[5])
             q, _ = quantize_model(base, "aqlm", bits=m, group_size=None, calib=_calib(model),
                                   progress=False, config=f"{m}x8", rounds=0, kmeans_iters=1)
-        out[fmt] = decode_tokens_per_second(q)
-        del q
-    return out
+        built[fmt] = q
+    times: dict[str, list[float]] = {fmt: [] for fmt in formats}
+    no_kernel: set[str] = set()
+    for _ in range(rounds):
+        for fmt, q in built.items():
+            if fmt not in no_kernel:
+                tps = decode_tokens_per_second(q, repeats=1)
+                if tps is None:
+                    no_kernel.add(fmt)
+                else:
+                    times[fmt].append(tps)
+    return {fmt: (None if fmt in no_kernel else statistics.median(v)) for fmt, v in times.items()}
 
 
 # ----------------------------------------------------------------------------------------------- tables

@@ -7,8 +7,8 @@ family (``austen-small``, ``austen-medium``, ``austen`` and the trained ternary 
 interrupted sweep resumes where it stopped and a second run prints the table at once; ``--recompute`` runs
 everything again. On the embedded family each row also gets decode tokens/s (greedy, batch 1, one thread)
 where every quantized layer has a packed kernel, measured per model and format at the end of the run
-(:func:`qcourse.capstone.decode_speeds`; ``--no-speed`` skips it); the trained twin's BitLinear layers decode
-their trits, so its row has none.
+(median of 5 rounds, formats interleaved: :func:`qcourse.capstone.decode_speeds`; ``--no-speed`` skips
+it); the trained twin's BitLinear layers decode their trits, so its row has none.
 
 ``--model smollm2-135m`` runs the same grid on SmolLM2-135M (AQLM only when named in ``--methods``: a
 whole-model AQLM run takes about half an hour here). With ``--reuse-results`` (the default) a configuration
