@@ -430,3 +430,19 @@ def test_decode_tokens_per_second():
     assert C.decode_tokens_per_second(int3) is None                            # no packed 3-bit kernel
     with pytest.raises(ValueError, match="formats must be among"):
         C.decode_speeds("austen", ["int3"])
+
+
+# ------------------------------------------------------------------------------------------- reproducible
+@pytest.mark.parametrize("method,bits", [("rtn", 4), ("hqq", 2)])
+def test_shipped_row_is_reproduced(method, bits, tmp_path):
+    """A live run of a shipped configuration gives the shipped row (the timings aside)."""
+    if not C.RESULTS["embedded"].is_file():
+        pytest.skip("capstone_embedded.json not generated yet")
+    shipped = next(r for r in C.load_rows("embedded")
+                   if (r["model"], r["method"], r["bits"]) == ("austen-small", method, bits))
+    live = C.run("austen-small", method, bits, cache=tmp_path)
+    for key in ("params", "group_size", "bits_per_weight", "model_bytes", "quantized_bytes", "float_bytes",
+                "eval_bytes", "source", "family"):
+        assert live[key] == shipped[key], key
+    assert live["ppl"] == pytest.approx(shipped["ppl"], rel=1e-6)
+    assert live["bits_per_byte"] == pytest.approx(shipped["bits_per_byte"], rel=1e-6)
