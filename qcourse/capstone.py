@@ -701,7 +701,7 @@ def _cite(r: dict[str, Any]) -> str:
 def recommend(memory_bytes: float, hardware: str = "cpu", calibration_data: bool = True,
               training_budget: bool = False, max_ppl_ratio: float | None = None,
               rows: Sequence[dict[str, Any]] | None = None, require_kernel: bool = False,
-              top: int | None = None) -> list[dict[str, Any]]:
+              top: int | None = None, resolution: float = 1e-3) -> list[dict[str, Any]]:
     """The course's decision guide: the measured options that fit, best first, each citing its row.
 
     Parameters
@@ -724,12 +724,16 @@ def recommend(memory_bytes: float, hardware: str = "cpu", calibration_data: bool
         The measured table (default: the shipped embedded family, :func:`load_rows`).
     top
         Keep only the first ``top`` options.
+    resolution
+        Bits per byte closer than this are a tie (a 1e-5 bits/byte gap on 16,384 scored bytes is noise, not
+        a reason to take twice the bytes): ranks compare bits per byte rounded to ``resolution``.
 
     Returns
     -------
     list of dict
         ``rank, model, method, bits, model_bytes, bits_per_byte, ppl, ppl_ratio, kernel, cite, row``, ranked
-        by bits per byte (lower is better: comparable across tokenizers), then by bytes, then kernel first.
+        by bits per byte (lower is better: comparable across tokenizers; ties within ``resolution``), then
+        by bytes, then kernel first.
 
     Examples
     --------
@@ -754,7 +758,14 @@ def recommend(memory_bytes: float, hardware: str = "cpu", calibration_data: bool
         raise ValueError(f"top must be None or a positive int; got {top!r}")
     ok = [s for s in screen(rows, memory_bytes, hardware, calibration_data, training_budget, max_ppl_ratio,
                             require_kernel) if s["excluded"] is None]
-    ok.sort(key=lambda s: (s["row"]["bits_per_byte"], s["row"]["model_bytes"], s["kernel"] is None))
+    if isinstance(resolution, bool) or not isinstance(resolution, int | float) or not resolution >= 0:
+        raise ValueError(f"resolution must be a non-negative number of bits per byte; got {resolution!r}")
+
+    def quality(s: dict[str, Any]) -> float:
+        bpb = s["row"]["bits_per_byte"]
+        return round(bpb / resolution) if resolution > 0 else bpb
+
+    ok.sort(key=lambda s: (quality(s), s["row"]["model_bytes"], s["kernel"] is None))
     out = []
     for i, s in enumerate(ok[:top] if top else ok, 1):
         r = s["row"]

@@ -279,6 +279,11 @@ def test_recommend_budget_excludes_larger_rows():
     assert ("austen", "aqlm", 2) not in _methods(ranked)      # 650 B > 620 B
     assert _methods(C.recommend(10_000, rows=TABLE))[0] == ("austen", "fp32", None)
     assert C.recommend(100, rows=TABLE) == []
+    # within the resolution, fewer bytes first: small RTN 8-bit (1.805, 450 B) vs a 1.8052 row of 300 B
+    near = [*TABLE, _row("austen-small", "hqq", 4, 300, 1.8052, kernel="int4")]
+    assert _methods(C.recommend(460, rows=near, calibration_data=False))[0] == ("austen-small", "hqq", 4)
+    assert _methods(C.recommend(460, rows=near, calibration_data=False, resolution=0))[0] == \
+        ("austen-small", "rtn", 8)
 
 
 def test_recommend_without_calibration_data():
@@ -328,7 +333,7 @@ def test_screen_reasons():
     ({"hardware": "tpu"}, ValueError, "hardware"), ({"calibration_data": 1}, TypeError, "calibration_data"),
     ({"training_budget": "no"}, TypeError, "training_budget"),
     ({"max_ppl_ratio": 0.5}, ValueError, "max_ppl"),
-    ({"top": 0}, ValueError, "top"),
+    ({"top": 0}, ValueError, "top"), ({"resolution": -1}, ValueError, "resolution"),
 ])
 def test_recommend_bad_input(kwargs, err, match):
     args = {"memory_bytes": 1000, **kwargs}
