@@ -22,7 +22,7 @@ import qcourse.checks as checks
 from qcourse.checks import l09_capstone as L
 
 
-def _bytes(model, report, float_bytes=2):
+def _bytes(model, report, float_bytes=4):
     quantized = {r.name + ".weight" for r in report.layers}
     seen, floats = set(), 0
     for p_name, p in model.named_parameters(remove_duplicate=False):
@@ -76,7 +76,7 @@ def test_true_bytes_of_a_tied_model_count_the_shared_matrix_once():
     total = L.reference_true_model_bytes(m, rep)
     emb = m.embed_tokens.weight.numel()
     norms = sum(p.numel() for n, p in m.named_parameters() if "norm" in n)
-    assert total == sum(-(-r.storage_bits // 8) for r in rep.layers) + 2 * (emb + norms)
+    assert total == sum(-(-r.storage_bits // 8) for r in rep.layers) + 4 * (emb + norms)
     with pytest.raises(ValueError, match="not parameters"):
         L.reference_true_model_bytes(torch.nn.Linear(2, 2), rep)
 
@@ -109,7 +109,7 @@ def test_q4_0_reference_is_what_gguf_writes_and_reads(seed, scale):
 
 def test_messages_name_the_mistake():
     res = L.check_true_model_bytes(
-        lambda m, r, float_bytes=2: 8 * L.reference_true_model_bytes(m, r, float_bytes), verbose=False)
+        lambda m, r, float_bytes=4: 8 * L.reference_true_model_bytes(m, r, float_bytes), verbose=False)
     assert "bits, not bytes" in res.failures()
     res = L.check_pack_q4_0_block(lambda x: L.reference_pack_q4_0_block(x)[:17], verbose=False)
     assert "length 17" in res.failures()

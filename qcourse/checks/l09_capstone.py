@@ -34,7 +34,7 @@ __all__ = [
 
 # ---- references --------------------------------------------------------------------------------------
 
-def reference_true_model_bytes(model: nn.Module, report: QuantReport, float_bytes: int = 2) -> int:
+def reference_true_model_bytes(model: nn.Module, report: QuantReport, float_bytes: int = 4) -> int:
     """Bytes of everything ``model`` stores once the layers in ``report`` are quantized.
 
     Each quantized layer's weight takes ``ceil(storage_bits / 8)`` bytes (its codes, scales, zeros and
@@ -46,7 +46,7 @@ def reference_true_model_bytes(model: nn.Module, report: QuantReport, float_byte
     >>> from qcourse.nn import quantize_model
     >>> m = toy_model(d_model=32, d_ff=64)
     >>> _, rep = quantize_model(m, "rtn", bits=4, group_size=32, progress=False)
-    >>> reference_true_model_bytes(m, rep) < sum(p.numel() for p in m.parameters()) * 2
+    >>> reference_true_model_bytes(m, rep) < sum(p.numel() for p in m.parameters()) * 4
     True
     """
     params = dict(model.named_parameters())          # a shared tensor appears once, under its first name
@@ -115,12 +115,12 @@ def _bytes_cases() -> list[Case]:
     odd_report = QuantReport(method="hand-made", bits=4, group_size=None, layers=odd_layers)
     empty = QuantReport(method="none", bits=16, group_size=None, layers=[])
     return [
-        Case("untied toy Llama, every block linear RTN 4-bit g32; embeddings, norms, head in fp16",
+        Case("untied toy Llama, every block linear RTN 4-bit g32; embeddings, norms, head in float32",
              (*_quantized(untied, bits=4, group_size=32),)),
         Case("tied embeddings: the matrix shared by the embedding and the head is stored once",
              (*_quantized(tied, bits=4, group_size=32),)),
-        Case("float_bytes=4: the float tensors in F32", (*_quantized(untied, bits=2, group_size=16),),
-             {"float_bytes": 4}),
+        Case("float_bytes=2: the float tensors in fp16", (*_quantized(untied, bits=2, group_size=16),),
+             {"float_bytes": 2}),
         Case("only the MLP quantized (include='*mlp*'): the attention linears stay float",
              (*_quantized(untied, bits=3, group_size=32, include="*mlp*"),)),
         Case("a plain MLP with biases: biases (and the LayerNorm) stay float",
@@ -141,7 +141,7 @@ def _compare_bytes(got: Any, want: int, case: Case) -> tuple[bool, str]:
 
 
 def check_true_model_bytes(student_fn: Callable[..., int], verbose: bool = True) -> CheckResult:
-    """Check ``true_model_bytes(model, report, float_bytes=2) -> int``."""
+    """Check ``true_model_bytes(model, report, float_bytes=4) -> int``."""
     return run_check(
         "true_model_bytes", student_fn, reference_true_model_bytes, _bytes_cases(),
         compare_fn=_compare_bytes,
@@ -305,13 +305,13 @@ def check_pack_q4_0_block(student_fn: Callable[[np.ndarray], bytes], verbose: bo
 
 def _bytes_mutant(mistake: str) -> Callable[..., Any]:
     """A learner-style true_model_bytes with one classic mistake."""
-    def true_model_bytes(model: nn.Module, report: QuantReport, float_bytes: int = 2) -> Any:
+    def true_model_bytes(model: nn.Module, report: QuantReport, float_bytes: int = 4) -> Any:
         if mistake == "partial" and not report.layers:
             raise NotImplementedError("empty report")
         quantized = {f"{layer.name}.weight" for layer in report.layers}
         params = (list(model.state_dict().items()) if mistake == "state-dict"
                   else list(model.named_parameters()))
-        fb = 2 if mistake == "ignore-float-bytes" else float_bytes
+        fb = 4 if mistake == "ignore-float-bytes" else float_bytes
         floats = 0
         for name, p in params:
             if name in quantized and mistake != "float-too":
@@ -412,7 +412,7 @@ MUTANTS: dict[str, list[Mutant]] = {
         Mutant("requested-bits", _bytes_mutant("requested-bits"), "untied toy Llama"),
         Mutant("quantized-also-float", _bytes_mutant("float-too"), "untied toy Llama"),
         Mutant("ceil-of-total", _bytes_mutant("ceil-total"), "whole bytes"),
-        Mutant("ignores-float-bytes", _bytes_mutant("ignore-float-bytes"), "float_bytes=4"),
+        Mutant("ignores-float-bytes", _bytes_mutant("ignore-float-bytes"), "float_bytes=2"),
         Mutant("bits-not-bytes", _bytes_mutant("bits"), "bits, not bytes"),
         Mutant("float-result", _bytes_mutant("float-result"), "expected an int"),
         Mutant("partial", _bytes_mutant("partial"), "NotImplementedError"),
