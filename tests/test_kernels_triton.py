@@ -51,3 +51,25 @@ def test_triton_rejects_bad_blocks_and_widths():
     p3 = reference.affine_params(q3)
     with pytest.raises(ValueError, match="bits must be 1, 2, 4 or 8"):
         tk.gemm_affine(torch.randn(8), p3["packed"], 3, (2, 8), 8, p3["scale"], p3["zero"])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="the interpreter question only arises without a GPU")
+def test_triton_imported_first_without_the_interpreter_gives_a_clear_error():
+    """Triton imported without TRITON_INTERPRET=1 (as torch._dynamo does) cannot interpret: say so and how."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, torch, triton\n"
+            "os.environ['TRITON_INTERPRET'] = '1'  # too late: Triton is already imported\n"
+            "from qcourse.kernels import triton as tk\n"
+            "assert not tk.INTERPRETED\n"
+            "try:\n"
+            "    tk.gemm_ternary(torch.ones(4), torch.zeros(1, dtype=torch.uint8), (1, 4), 1.0)\n"
+            "except RuntimeError as e:\n"
+            "    print('ERR', e)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "ERR no CUDA device" in out.stdout
+    assert "set TRITON_INTERPRET=1 before starting Python" in out.stdout

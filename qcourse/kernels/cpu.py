@@ -79,7 +79,7 @@ except ImportError:  # pragma: no cover - exercised on machines without numba
 __all__ = ["AVAILABLE", "set_threads", "gemm_affine", "gemm_ternary", "gemm_ternary_lut", "gemm_binary",
            "ternary_lut_tables", "gemm_aqlm8", "FORMATS", "TILE", "AffineTiles", "prepare_affine",
            "prepare_ternary", "gemm_tiles", "E8PCodes", "prepare_e8p", "gemm_e8p", "gemm_ternary_base3",
-           "gemm_binary_weight"]
+           "gemm_binary_weight", "KERNELS"]
 
 #: output rows per tile of :func:`prepare_affine`'s layout (the innermost, vectorized loop)
 TILE = 64
@@ -455,6 +455,18 @@ if AVAILABLE:
                     d += _popcount64(w_words[r, j] ^ x_words[b, j])
                 y[b, r] = n - 2 * np.int64(d)
         return y
+
+
+#: format name -> the kernel's Python source function (what a lesson shows with ``inspect.getsource``);
+#: njit-compiled versions run (``_TILE_KERNELS``/``_E8P_KERNELS`` hold serial and parallel builds of the plain
+#: functions ``_tiles4``/``_tiles2``/``_e8p``; the others are compiled in place, their source is ``.py_func``)
+KERNELS: dict = {}
+if AVAILABLE:
+    KERNELS = {
+        "int4-rows": _affine4.py_func, "int2-rows": _affine2.py_func, "int4": _tiles4, "int2": _tiles2,
+        "ternary": _tiles2, "ternary-lut": _ternary_lut.py_func, "ternary-lut-tables": _lut_tables.py_func,
+        "ternary-base3": _base3.py_func, "binary": _binary.py_func, "aqlm-2x8": _aqlm8.py_func, "e8p": _e8p,
+    }
 
 
 def _as_batch(x: torch.Tensor, k: int) -> tuple[np.ndarray, bool]:

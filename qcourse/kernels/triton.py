@@ -38,15 +38,25 @@ except ImportError:  # pragma: no cover - machines without triton
 
 __all__ = ["AVAILABLE", "INTERPRETED", "gemm_affine", "gemm_ternary"]
 
-INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+if AVAILABLE:
+    # the truth, not the environment variable: Triton builds its own language functions for the interpreter
+    # only if TRITON_INTERPRET=1 when it is first imported, whoever imports it (torch._dynamo does, e.g.
+    # while SmolLM2 loads); setting the variable later changes nothing
+    from triton.runtime.interpreter import InterpretedFunction
+
+    INTERPRETED = isinstance(tl.sum, InterpretedFunction)
+else:  # pragma: no cover
+    INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 
 
 def _require() -> None:
     if not AVAILABLE:
         raise RuntimeError("triton is not installed: pip install triton, or use qcourse.kernels.reference")
     if not INTERPRETED and not torch.cuda.is_available():
-        raise RuntimeError("no CUDA device and Triton was imported before qcourse.kernels.triton without "
-                           "TRITON_INTERPRET=1: set TRITON_INTERPRET=1 before starting Python")
+        raise RuntimeError("no CUDA device, and Triton was imported before qcourse.kernels.triton without "
+                           "TRITON_INTERPRET=1 (torch._dynamo imports it, e.g. while SmolLM2 loads), so its "
+                           "interpreter is off: set TRITON_INTERPRET=1 before starting Python, or import "
+                           "qcourse.kernels.triton before loading models")
 
 
 if AVAILABLE:
