@@ -25,25 +25,19 @@ from pathlib import Path
 
 import pytest
 
-DEFAULT_BUDGET_S = 120.0
-BUDGET_ENV = "QCOURSE_NOTEBOOK_BUDGET_S"
+# one implementation of the budget rules, shared with the course website's build (stdlib-only import)
+from qcourse.site import BUDGET_ENV, time_budget
+
 STRICT_ENV = "QCOURSE_CHECKS_STRICT"  # same name as qcourse.checks._harness.STRICT_ENV (not imported: cheap)
 ARTIFACTS = "test-artifacts"
 STRICT_DIRS = ("solutions", "exercises")
 
 
 def _global_budget() -> float:
-    raw = os.environ.get(BUDGET_ENV, "").strip()
-    if not raw:
-        return DEFAULT_BUDGET_S
     try:
-        value = float(raw)
-    except ValueError:
-        raise pytest.UsageError(
-            f"{BUDGET_ENV} must be a number of seconds (0 = no budget); got {raw!r}") from None
-    if value < 0 or math.isnan(value):
-        raise pytest.UsageError(f"{BUDGET_ENV} must be >= 0 seconds (0 = no budget); got {raw!r}")
-    return value if value > 0 else math.inf
+        return time_budget({})
+    except ValueError as exc:
+        raise pytest.UsageError(str(exc)) from None
 
 
 def _is_nbval_cell(item: pytest.Item) -> bool:
@@ -70,15 +64,14 @@ class NotebookBudget:
     def budget(self, item: pytest.Item) -> float:
         name = self._name(item)
         if name not in self.budgets:
-            nb = json.loads(Path(item.path).read_text(encoding="utf-8"))
-            value = nb.get("metadata", {}).get("qcourse", {}).get("time_budget_s")
-            if value is None:
+            metadata = json.loads(Path(item.path).read_text(encoding="utf-8")).get("metadata", {})
+            if metadata.get("qcourse", {}).get("time_budget_s") is None:
                 self.budgets[name] = self.default
-            elif isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
-                self.budgets[name] = float(value)
             else:
-                raise ValueError(f"{name}: metadata qcourse.time_budget_s must be a positive number of "
-                                 f"seconds; got {value!r}")
+                try:
+                    self.budgets[name] = time_budget(metadata)
+                except ValueError as exc:
+                    raise ValueError(f"{name}: {exc}") from None
         return self.budgets[name]
 
     @pytest.hookimpl(hookwrapper=True)
