@@ -75,3 +75,68 @@ def test_quantlinear_kernel_flag(kernel):
     assert xg.grad is not None and xg.grad.shape == (2, 64)
     with pytest.raises(ValueError, match="kernel must be"):
         QuantLinear(q.qweight, kernel="fast")
+
+
+def _gptq(shape, bits, group_size, seed=0, **options):
+    from qcourse import methods
+
+    g = torch.Generator().manual_seed(seed)
+    w = torch.randn(*shape, generator=g)
+    a = torch.randn(4 * shape[1], shape[1], generator=g) * torch.linspace(0.2, 3.0, shape[1])
+    return methods.get("gptq").quantize(w, bits=bits, group_size=group_size, hessian=a.T @ a / len(a),
+                                        **options)
+
+
+# odd output rows; groups of 8..64, per-row (None); symmetric grids; act-order with static groups keeps the
+# columns' groups contiguous (codes are stored in the original column order)
+_GPTQ_CASES = [((7, 96), 4, 32, {}), ((5, 40), 2, None, {}), ((3, 24), 2, 8, {"symmetric": True}),
+               ((9, 64), 8, 64, {}), ((11, 128), 4, 64, {"act_order": True, "static_groups": True}),
+               ((13, 64), 1, 16, {})]
+
+
+@pytest.mark.parametrize("shape,bits,group_size,options", _GPTQ_CASES,
+                         ids=[f"{c[0]}-b{c[1]}-g{c[2]}-{sorted(c[3])}" for c in _GPTQ_CASES])
+def test_gptq_dispatch_equals_decoded(shape, bits, group_size, options):
+    from qcourse.methods.gptq import GPTQWeight
+
+    qw = _gptq(shape, bits, group_size, **options)
+    assert isinstance(qw, GPTQWeight)
+    if kernels.cpu.AVAILABLE:
+        assert kernels.kernel_name(qw) == f"int{bits}"
+    reloaded = GPTQWeight.from_state(*qw.to_state())
+    prepared = kernels.prepare(qw)
+    for batch in range(1, 9):
+        x = torch.randn(batch, shape[1], generator=torch.Generator().manual_seed(batch))
+        want = kernels.matmul(x, qw, backend="decode")
+        torch.testing.assert_close(want, x @ qw.dequantize().T)
+        for got in (kernels.matmul(x, qw), kernels.matmul(x, reloaded),
+                    kernels.matmul(x, qw, backend="reference"),
+                    kernels.matmul(x, qw, prepared=prepared)):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-4)
+        if kernels.cpu.AVAILABLE:
+            torch.testing.assert_close(kernels.matmul(x, qw, backend="cpu"), want, rtol=1e-5, atol=1e-4)
+
+
+def test_gptq_act_order_dynamic_groups_has_no_kernel():
+    # act-order with dynamic groups: each group is a set of columns scattered over the row, so no
+    # contiguous-group kernel reads it; it must fall back to decoding (and still be exact)
+    qw = _gptq((6, 64), 4, 16, act_order=True)
+    assert qw.stores_g_idx and not torch.equal(qw.g_idx.long(), torch.arange(64) // 16)
+    assert kernels.kernel_name(qw) is None and kernels.prepare(qw) is None
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(kernels.matmul(x, qw), x @ qw.dequantize().T, rtol=1e-5, atol=1e-4)
+    three = _gptq((4, 32), 3, 16)     # 3-bit codes straddle bytes: no int kernel, as for RTN
+    assert kernels.kernel_name(three) is None
+
+
+def test_gptq_quantlinear_runs_packed():
+    pytest.importorskip("numba")
+    torch.manual_seed(0)
+    lin = nn.Linear(64, 10)
+    a = torch.randn(256, 64)
+    q = QuantLinear.from_linear(lin, "gptq", bits=4, group_size=32, hessian=a.T @ a / 256, kernel="auto")
+    dec = QuantLinear(q.qweight, bias=lin.bias, kernel="decode")
+    x = torch.randn(2, 3, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(q(x), dec(x), rtol=1e-5, atol=1e-4)
+    assert q._cached is None and q._kernel_plan()[0] == "int4"   # no float copy: the int kernel ran

@@ -35,7 +35,8 @@ def kernel_name(qweight: QuantizedWeight) -> str | None:
     """The numba kernel :func:`matmul` would use for ``qweight`` (``"int4"``, ``"int2"``, ``"int1"``,
     ``"int8"``, ``"ternary"``, ``"ternary-base3"``, ``"aqlm-Mx8"``, ``"e8p"``, ``"binary-signs"``), or
     ``None`` when there is none (other formats, groups along the output axis or across rows) or numba is
-    missing."""
+    missing. GPTQ weights share the affine int kernels when their groups are contiguous (see
+    :func:`_gptq_groups`)."""
     from qcourse.affine import AffineQuantizedWeight
     from qcourse.methods.bitnet import TernaryWeight
 
@@ -43,6 +44,8 @@ def kernel_name(qweight: QuantizedWeight) -> str | None:
         return None
     if isinstance(qweight, AffineQuantizedWeight) and qweight.bits in (1, 2, 4, 8) \
             and (qweight.axis == 1 or qweight.group_size == "tensor"):
+        return f"int{qweight.bits}"
+    if _gptq_groups(qweight) is not None and qweight.bits in (1, 2, 4, 8):
         return f"int{qweight.bits}"
     if isinstance(qweight, TernaryWeight):
         return "ternary" if qweight.packing_kind == "2bit" else "ternary-base3"
@@ -59,6 +62,39 @@ def kernel_name(qweight: QuantizedWeight) -> str | None:
     if isinstance(qweight, BinaryWeight) and cpu.binary_weight_groups(qweight) is not None:
         return "binary-signs"
     return None
+
+
+def _gptq_groups(qweight: QuantizedWeight) -> int | None:
+    """Codes per group when ``qweight`` is a :class:`~qcourse.methods.gptq.GPTQWeight` whose groups are
+    contiguous runs of input columns, else ``None``.
+
+    GPTQ stores its codes, scales and zeros on RTN's affine grid and in the ORIGINAL column order (act-order
+    only changes the order in which columns were rounded), so the int kernels read it as they read an
+    :class:`~qcourse.affine.AffineQuantizedWeight` whenever ``g_idx[c] == c // group``: act-order off, or
+    act-order with static groups. Act-order with dynamic groups scatters each group over the columns;
+    permuting ``x`` would not help (the codes are not stored permuted), so that weight has no kernel.
+    """
+    from qcourse.methods.gptq import GPTQWeight
+
+    if not isinstance(qweight, GPTQWeight):
+        return None
+    k, n_groups = qweight.shape[1], int(qweight.scale.shape[1])
+    if k % n_groups:
+        return None
+    group = k // n_groups
+    contiguous = torch.equal(qweight.g_idx.long(), torch.arange(k) // group)
+    return group if contiguous else None
+
+
+def _affine_args(qweight: QuantizedWeight) -> dict:
+    """Kernel arguments (as :func:`reference.affine_params`) of an affine or a dispatchable GPTQ weight."""
+    group = _gptq_groups(qweight)
+    if group is None:
+        return reference.affine_params(qweight)
+    scale = qweight.scale.float()
+    zero = (torch.full_like(scale, qweight.symmetric_zero) if qweight.zero is None else qweight.zero.float())
+    return {"packed": qweight.packed, "bits": int(qweight.bits), "shape": tuple(qweight.shape),
+            "group": group, "scale": scale, "zero": zero}
 
 
 def prepare(qweight: QuantizedWeight) -> cpu.AffineTiles | cpu.E8PCodes | None:
@@ -80,8 +116,9 @@ def prepare(qweight: QuantizedWeight) -> cpu.AffineTiles | cpu.E8PCodes | None:
     from qcourse.methods.bitnet import TernaryWeight
 
     name = kernel_name(qweight)
-    if name in ("int2", "int4") and isinstance(qweight, AffineQuantizedWeight):
-        p = reference.affine_params(qweight)
+    if name in ("int2", "int4") and (isinstance(qweight, AffineQuantizedWeight)
+                                     or _gptq_groups(qweight) is not None):
+        p = _affine_args(qweight)
         if cpu.tiles_supported(p["bits"], p["shape"], p["group"]):
             return cpu.prepare_affine(p["packed"], p["bits"], p["shape"], p["group"], p["scale"], p["zero"])
     if name == "ternary" and isinstance(qweight, TernaryWeight) and cpu.tiles_supported(2, qweight.shape,
@@ -135,6 +172,6 @@ def matmul(x: torch.Tensor, qweight: QuantizedWeight, backend: str = "auto",
     elif name == "binary-signs":
         y = cpu.gemm_binary_weight(flat, qweight)
     else:
-        p = reference.affine_params(qweight)
+        p = _affine_args(qweight)
         y = cpu.gemm_affine(flat, p["packed"], p["bits"], p["shape"], p["group"], p["scale"], p["zero"])
     return y.reshape(*x.shape[:-1], n).to(device=x.device, dtype=x.dtype)
