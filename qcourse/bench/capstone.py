@@ -8,7 +8,8 @@ interrupted sweep resumes where it stopped and a second run prints the table at 
 everything again. On the embedded family each row also gets decode tokens/s (greedy, batch 1, one thread)
 where every quantized layer has a packed kernel, measured per model and format at the end of the run
 (median of 5 rounds, formats interleaved: :func:`qcourse.capstone.decode_speeds`; ``--no-speed`` skips
-it); the trained twin's BitLinear layers decode their trits, so its row has none.
+it); the trained twin's BitLinear layers decode their trits, so its row has none. SmolLM2's rows get the
+same per-format measurement (each format timed once on the whole model, shared by every row stored in it).
 
 ``--model smollm2-135m`` runs the same grid on SmolLM2-135M (AQLM only when named in ``--methods``: a
 whole-model AQLM run takes about half an hour here). With ``--reuse-results`` (the default) a configuration
@@ -60,7 +61,7 @@ def _parser() -> ArgumentParser:
     p.add_argument("--cache", default=None, help="cache folder (default ~/.cache/qcourse/capstone)")
     p.add_argument("--recompute", action="store_true", help="ignore cached rows and compute them again")
     p.add_argument("--no-speed", dest="speed", action="store_false",
-                   help="skip the decode tokens/s measurement (embedded family)")
+                   help="skip the decode tokens/s measurement")
     p.add_argument("--no-reuse-results", dest="reuse", action="store_false",
                    help="SmolLM2: run configurations that have a cached result file instead of reading it")
     p.add_argument("--extra-results", type=names, default=[],
@@ -165,9 +166,9 @@ def assembled_row(method: str, bits: float, cached: dict[str, Any]) -> dict[str,
     bpb = fp["bits_per_byte"] * math.log(ppl) / math.log(fp["ppl"])
     affine = method in ("rtn", "hqq", "gptq")
     gs = C.GROUP_SIZE if affine else None
-    # the packed format the row's layers are stored in (as run() reports it; E8P and 3-bit have no kernel)
-    # GPTQ's own weight class has no kernel dispatch (qcourse.kernels.kernel_name): as run() reports it
-    kernel = f"int{bits}" if method in ("rtn", "hqq") and bits in (1, 2, 4, 8) else None
+    # the packed format the row's layers are stored in (as run() reports it; 3-bit has no kernel); GPTQ
+    # without act-order stores RTN's affine grid, which the int kernels read (qcourse.kernels.kernel_name)
+    kernel = f"int{bits}" if affine and bits in (1, 2, 4, 8) else None
     if method == "aqlm":
         kernel = f"aqlm-{bits}x8"
     return {"model": "smollm2-135m", "params": params, "method": method, "bits": bits, "group_size": gs,
@@ -177,6 +178,34 @@ def assembled_row(method: str, bits: float, cached: dict[str, Any]) -> dict[str,
             "float_bytes": float_bytes, "config": f"{bits}x8" if method == "aqlm" else None, "kernel": kernel,
             "eval_tokens": s["tokens"], "eval_bytes": fp["eval_bytes"], "calibration": None,
             "eval_seconds": None, "source_file": cached["source_file"], "command": cached["command"]}
+
+
+def speed_format(row: dict[str, Any]) -> str | None:
+    """The format of :func:`qcourse.capstone.decode_speeds` whose tokens/s ``row`` gets: ``"float"`` for
+    float32, the row's packed ``kernel`` otherwise (E8P timed at 2 bits only: QuIP#'s 3- and 4-bit add
+    residual stages), ``None`` for formats with no packed kernel (and the trained twin's BitLinear rows).
+
+    >>> speed_format({"method": "fp32", "bits": None, "kernel": None})
+    'float'
+    >>> speed_format({"method": "gptq", "bits": 4, "kernel": "int4"}), speed_format({"method": "quip",
+    ...     "bits": 3, "kernel": "e8p"}), speed_format({"method": "rtn", "bits": 3, "kernel": None})
+    ('int4', None, None)
+    """
+    if row["method"] == "fp32":
+        return "float"
+    fmt = row["kernel"]
+    if fmt not in C.SPEED_FORMATS or (fmt == "e8p" and row["bits"] != 2):
+        return None
+    return fmt
+
+
+def attach_speeds(rows: list[dict[str, Any]], speeds: dict[str, dict[str, float | None]]) -> None:
+    """Set each row's ``tokens_per_second`` to ``speeds[row model][its speed_format]`` (``None`` when the
+    row has no packed format or it was not timed): speed depends on the storage format, not the rounding,
+    so every row of a format shares one measurement."""
+    for r in rows:
+        fmt = speed_format(r)
+        r["tokens_per_second"] = speeds.get(r["model"], {}).get(fmt) if fmt else None
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:
@@ -207,15 +236,14 @@ def main(argv: Sequence[str]) -> dict[str, Any]:
         # the packed kernel of each row's format as the package has it now (rows cached earlier included)
         r["kernel"] = C.format_kernel(r["method"], r["bits"], r.get("config"))
     speeds = {}
-    if args.speed and args.model == "austen":
-        # one pass per model and packed format, side by side at the end (ratios compare; see decode_speeds)
-        for model in dict.fromkeys(r["model"] for r in rows if r["model"] in C.FAMILY):
-            speeds[model] = C.decode_speeds(model)
-        for r in rows:
-            fmt = "float" if r["method"] == "fp32" else r["kernel"]
-            if fmt == "e8p" and r["bits"] != 2:
-                fmt = None    # timed at 2 bits only (see decode_speeds)
-            r["tokens_per_second"] = speeds.get(r["model"], {}).get(fmt) if fmt else None
+    if args.speed:
+        # one pass per model over the packed formats its rows use, side by side at the end (ratios compare;
+        # see decode_speeds); a whole SmolLM2 is timed once per format, not once per row
+        for model in dict.fromkeys(r["model"] for r in rows if r["model"] in (*C.FAMILY, "smollm2-135m")):
+            formats = [f for f in C.SPEED_FORMATS
+                       if any(r["model"] == model and speed_format(r) == f for r in rows)]
+            speeds[model] = C.decode_speeds(model, formats) if formats else {}
+        attach_speeds(rows, speeds)
     fam = "embedded" if args.model == "austen" else "smollm2-135m"
     s = C.SETTINGS[fam]
     note = (f"every nn.Linear except lm_head quantized; model_bytes counts everything stored (float tensors "
