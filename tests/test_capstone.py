@@ -437,6 +437,47 @@ def test_decode_tokens_per_second():
         C.decode_speeds("austen", ["int3"])
 
 
+def test_speed_formats_are_shared_per_format():
+    rows = [{"model": "m", "method": "fp32", "bits": None, "kernel": None},
+            {"model": "m", "method": "rtn", "bits": 4, "kernel": "int4"},
+            {"model": "m", "method": "gptq", "bits": 4, "kernel": "int4"},
+            {"model": "m", "method": "rtn", "bits": 3, "kernel": None},
+            {"model": "m", "method": "quip", "bits": 2, "kernel": "e8p"},
+            {"model": "m", "method": "quip", "bits": 4, "kernel": "e8p"},
+            {"model": "other", "method": "rtn", "bits": 4, "kernel": "int4"}]
+    bench.attach_speeds(rows, {"m": {"float": 10.0, "int4": 25.0, "e8p": 3.0}})
+    assert [r["tokens_per_second"] for r in rows] == [10.0, 25.0, 25.0, None, 3.0, None, None]
+
+
+def test_gptq_rows_have_the_int_kernels():
+    # GPTQ without act-order stores RTN's affine grid in the original column order: same kernels
+    from qcourse.kernels import cpu
+
+    for bits in (2, 4, 8):
+        assert C.format_kernel("gptq", bits) == (f"int{bits}" if cpu.AVAILABLE else None)
+    assert C.format_kernel("gptq", 3) is None
+
+
+def test_shipped_smollm2_speeds():
+    """Every SmolLM2 row stored in a format with a packed kernel (and float32) has its decode tokens/s,
+    shared by all rows of that format; the others have none."""
+    if not C.RESULTS["smollm2-135m"].is_file():
+        pytest.skip("capstone_smollm2.json not generated yet")
+    doc = json.loads(C.RESULTS["smollm2-135m"].read_text())
+    rows = doc["rows"]
+    per_format = doc["speed"]["tokens_per_second"]["smollm2-135m"]
+    for r in rows:
+        fmt = bench.speed_format(r)
+        if fmt is None:
+            assert r["tokens_per_second"] is None, (r["method"], r["bits"])
+        else:
+            assert r["tokens_per_second"] > 0 and r["tokens_per_second"] == per_format[fmt], (r["method"],
+                                                                                              r["bits"])
+    timed = {bench.speed_format(r) for r in rows} - {None}
+    assert {"float", "int2", "int4", "int8", "ternary", "aqlm-2x8", "e8p"} <= timed
+    assert all(r["kernel"] == f"int{r['bits']}" for r in rows if r["method"] == "gptq" and r["bits"] != 3)
+
+
 # ------------------------------------------------------------------------------------------- reproducible
 @pytest.mark.parametrize("method,bits", [("rtn", 4), ("hqq", 2)])
 def test_shipped_row_is_reproduced(method, bits, tmp_path):
