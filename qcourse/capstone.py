@@ -489,10 +489,10 @@ def decode_speeds(model: str, formats: Sequence[str] = SPEED_FORMATS, rounds: in
 
     Speed depends on the format and the layer shapes, not on the values of the codes, so each format is
     timed on one model in that format: ``int2``/``int4``/``int8`` are RTN with groups of :data:`GROUP_SIZE`
-    (HQQ, and GPTQ without act-order, store the same layout), ``ternary`` is ternary PTQ with 2-bit packed trits, ``binary-signs`` binary
-    PTQ, ``aqlm-Mx8`` AQLM's layout fitted cheaply (residual k-means, no beam-search rounds) and ``e8p``
-    QuIP#'s 2-bit layout rounded to nearest (3- and 4-bit QuIP# add residual stages: not timed). A format
-    whose kernel is missing on this machine (numba not installed) gives ``None``.
+    (HQQ, and GPTQ without act-order, store the same layout), ``ternary`` is ternary PTQ with 2-bit packed
+    trits, ``binary-signs`` binary PTQ, ``aqlm-Mx8`` AQLM's layout fitted cheaply (residual k-means, no
+    beam-search rounds) and ``e8p`` QuIP#'s 2-bit layout rounded to nearest (3- and 4-bit QuIP# add residual
+    stages: not timed). A format whose kernel is missing on this machine (numba not installed) gives ``None``.
     """
     from qcourse.nn import quantize_model
 
